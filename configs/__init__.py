@@ -1,0 +1,1 @@
+"""The bundled Hydra config tree (a package so that pkg://trainkit.configs resolves)."""

@@ -1,0 +1,223 @@
+"""The training loop: sample, forward, loss, backward, step; evaluate; callbacks for the rest."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainkit import metrics as M
+from trainkit.devices import autocast
+from trainkit.optimizers import needs_closure
+from trainkit.seeding import capture_rng_states, restore_rng_states
+
+
+class Diverged(Exception):
+    """The loss became NaN or Inf."""
+
+
+class Trainer:
+    def __init__(self, *, model, optimizer, schedule, criterion, regularizers, data, device, amp_dtype,
+                 callbacks: dict, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
+                 limit_train_batches: int | None = None, limit_val_batches: int | None = None,
+                 stop_request=None, config: dict | None = None):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.criterion, self.regularizers, self.data = criterion, regularizers, data
+        self.device, self.amp_dtype = device, amp_dtype
+        self.callbacks = callbacks
+        self.epochs, self.monitor, self.on_nan = epochs, monitor, on_nan
+        self.check_every = max(1, int(log_every_n_steps))
+        self.limit_val_batches = limit_val_batches
+        self.steps_per_epoch = min(len(data.train), limit_train_batches or len(data.train))
+        self.stop_request, self.config = stop_request, config or {}
+        # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.uses_closure = needs_closure(optimizer)
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.should_stop = False
+        self.last_metrics: dict = {}
+        self.last_batch_size = 0
+        self.message: str | None = None
+        self._reset_running()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> str:
+        """Train until `epochs`, early stopping, an interrupt or divergence; returns the status."""
+        status = "completed"
+        for cb in self.callbacks.values():
+            cb.on_fit_start(self)
+        try:
+            while self.epoch < self.epochs and not self.should_stop:
+                train_metrics = self.train_one_epoch()
+                if self.interrupted:
+                    status = "interrupted"
+                    break
+                val_metrics = self.evaluate(self.data.val, "val", self.limit_val_batches)
+                metrics = {**train_metrics, **val_metrics}
+                self.schedule.step_epoch(metrics.get(self.monitor))
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.last_metrics = metrics
+                for cb in self.callbacks.values():
+                    cb.on_epoch_end(self, metrics)
+                if self.interrupted:
+                    status = "interrupted"
+                    break
+        except Diverged as e:
+            status, self.message = "diverged", str(e)
+        finally:
+            for cb in self.callbacks.values():
+                cb.on_fit_end(self, status)
+        return status
+
+    def train_one_epoch(self) -> dict:
+        self.model.train()
+        self.data.train.set_epoch(self.epoch)
+        if self.batch_in_epoch:
+            self.data.train.skip_batches(self.batch_in_epoch)
+        else:
+            self._reset_running()
+        for images, labels in self.data.train:
+            images, labels = self.data.to_device(images, labels)
+            loss = self.training_step(images, labels)
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            for cb in self.callbacks.values():
+                cb.on_step_end(self, loss)
+            if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
+                break
+        self._check_finite(final=True)
+        loss_avg, acc = self.running_train_metrics()
+        return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images, targets = self.regularizers.mix(images, labels)
+        if self.uses_closure:
+            return self.closure_step(images, targets, labels)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(images)
+            loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
+        if self.on_nan == "skip" and not torch.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self.regularizers.clip_gradients(self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step_batch()
+        self._accumulate(loss.detach(), logits.detach(), labels)
+        return loss.detach()
+
+    def closure_step(self, images, targets, labels) -> torch.Tensor:
+        """L-BFGS evaluates the loss several times per step through a closure."""
+        first: dict = {}
+
+        def closure():
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.model(images)
+            loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
+            loss.backward()
+            first.setdefault("loss", loss.detach())
+            first.setdefault("logits", logits.detach())
+            return loss
+
+        self.optimizer.step(closure)
+        self.schedule.step_batch()
+        self._accumulate(first["loss"], first["logits"], labels)
+        return first["loss"]
+
+    @torch.no_grad()
+    def evaluate(self, loader, prefix: str, limit: int | None = None) -> dict:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        count = 0
+        for i, (images, labels) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            images, labels = self.data.to_device(images, labels)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(images)
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+            correct += (logits.argmax(1) == labels).sum()
+            count += labels.numel()
+        return {f"{prefix}/loss": loss_sum.item() / max(1, count), f"{prefix}/acc": correct.item() / max(1, count)}
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.stop_request and self.stop_request.requested)
+
+    def _reset_running(self) -> None:
+        self._loss_sum = torch.zeros((), dtype=torch.float64)
+        self._correct = torch.zeros((), dtype=torch.long)
+        self._count = 0
+        self._pending_losses: list[torch.Tensor] = []
+
+    def _accumulate(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        # Kept on the device and summed lazily: no host sync per step.
+        n = labels.numel()
+        self._pending_losses.append(loss.float() * n)
+        self._correct = self._correct.to(labels.device) + (logits.argmax(1) == labels).sum()
+        self._count += n
+        self.last_batch_size = n
+        if len(self._pending_losses) >= self.check_every:
+            self._check_finite()
+
+    def _check_finite(self, final: bool = False) -> None:
+        """Stop on a NaN/Inf loss, naming the first bad step (checked every few steps)."""
+        if not self._pending_losses:
+            return
+        losses = torch.stack(self._pending_losses)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            first_bad = int((~finite).nonzero()[0, 0])
+            step = self.global_step - len(self._pending_losses) + first_bad + 1
+            self._pending_losses = []
+            raise Diverged(f"the training loss became {float(losses[first_bad]):.4g} at step {step} (epoch {self.epoch + 1}); "
+                           "lower optimizer.lr, add regularization=[grad_clip], or set trainer.on_nan=skip")
+        self._loss_sum = self._loss_sum + losses.sum().double().cpu()
+        self._pending_losses = []
+
+    def running_train_metrics(self) -> tuple[float, float]:
+        self._check_finite()
+        count = max(1, self._count)
+        return float(self._loss_sum) / count, float(self._correct) / count
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_payload(self, metrics: dict) -> dict:
+        self._check_finite()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count},
+            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
+            "rng": capture_rng_states(),
+            "metrics": dict(metrics),
+            "config": self.config,
+        }
+
+    def restore(self, payload: dict) -> None:
+        """Continue exactly where `payload` (from checkpoint_payload) left off."""
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.epoch, self.global_step = payload["epoch"], payload["global_step"]
+        self.batch_in_epoch = payload["batch_in_epoch"]
+        self.last_metrics = payload.get("metrics", {})
+        running = payload["running"]
+        self._loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64)
+        self._correct = torch.tensor(running["correct"], dtype=torch.long)
+        self._count = running["count"]
+        for name, state in payload["callbacks"].items():
+            if name in self.callbacks:
+                self.callbacks[name].load_state_dict(state)
+        restore_rng_states(payload["rng"])

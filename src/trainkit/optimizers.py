@@ -1,0 +1,41 @@
+"""Optimizers from config: torch.optim partials given the model's parameter groups."""
+
+from __future__ import annotations
+
+from hydra.utils import instantiate
+from torch import nn
+
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float | None, exclude_bias_and_norm: bool) -> list[dict]:
+    """One group with decay, and (optionally) one without for biases and norm weights."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            exempt = exclude_bias_and_norm and (name == "bias" or isinstance(module, NORM_TYPES))
+            (no_decay if exempt else decay).append(p)
+    main = {"params": decay} if weight_decay is None else {"params": decay, "weight_decay": float(weight_decay)}
+    groups = [main]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> "torch.optim.Optimizer":
+    """The configured optimizer; `regularization.l2` with coupling=optimizer sets its weight decay."""
+    l2 = regularization.get("l2") if regularization else None
+    if l2 is not None and l2.coupling == "optimizer":
+        groups = parameter_groups(model, l2.weight_decay, l2.exclude_bias_and_norm)
+    else:
+        groups = parameter_groups(model, None, exclude_bias_and_norm=False)
+    return instantiate(optimizer_cfg)(groups)
+
+
+def needs_closure(optimizer) -> bool:
+    """L-BFGS re-evaluates the loss several times per step, so it takes a closure."""
+    import torch
+
+    return isinstance(optimizer, torch.optim.LBFGS)

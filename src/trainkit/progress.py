@@ -1,0 +1,77 @@
+"""ProgressDisplay: a rich progress bar while training, a line per epoch, a results table."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from trainkit import metrics as M
+from trainkit.callbacks import Callback
+
+console = Console(stderr=False, highlight=False)
+
+
+class ProgressDisplay(Callback):
+    def __init__(self, enabled: str | bool, refresh_every: int = 10):
+        if enabled == "auto":
+            enabled = sys.stdout.isatty()
+        self.enabled = bool(enabled)
+        self.refresh_every = max(1, int(refresh_every))
+        self.progress: Progress | None = None
+        self.task = None
+        self.epoch_started = 0.0
+        self.samples = 0
+
+    def on_fit_start(self, trainer) -> None:
+        if self.enabled:
+            self.progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[rate]:.0f} img/s"),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
+            )
+            self.progress.start()
+        self._new_epoch(trainer)
+
+    def _new_epoch(self, trainer) -> None:
+        self.epoch_started, self.samples = time.perf_counter(), 0
+        if self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task("train", total=trainer.steps_per_epoch, epoch=f"{trainer.epoch + 1}/{trainer.epochs}",
+                                               loss=float("nan"), acc=float("nan"), rate=0.0,
+                                               completed=trainer.batch_in_epoch)
+
+    def on_step_end(self, trainer, loss) -> None:
+        self.samples += trainer.last_batch_size
+        if self.progress is not None and (trainer.batch_in_epoch % self.refresh_every == 0 or trainer.batch_in_epoch == trainer.steps_per_epoch):
+            loss_avg, acc = trainer.running_train_metrics()
+            rate = self.samples / max(1e-9, time.perf_counter() - self.epoch_started)
+            self.progress.update(self.task, completed=trainer.batch_in_epoch, loss=loss_avg, acc=acc, rate=rate)
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        seconds = time.perf_counter() - self.epoch_started
+        rate = self.samples / max(1e-9, seconds)
+        parts = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        line = f"epoch {trainer.epoch}/{trainer.epochs}  {parts}  lr {trainer.optimizer.param_groups[0]['lr']:.3g}  {seconds:.1f}s  {rate:.0f} img/s"
+        if self.progress is not None:
+            self.progress.console.print(line)
+        else:
+            console.print(line)
+        self._new_epoch(trainer)
+
+    def on_fit_end(self, trainer, status: str) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def results_table(title: str, rows: dict[str, float | str]) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in rows.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table

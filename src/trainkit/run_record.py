@@ -1,0 +1,40 @@
+"""metrics.json: the run's status and results, rewritten atomically as the run goes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from trainkit.atomic import atomic_write_text
+
+RUNNING, COMPLETED, INTERRUPTED, DIVERGED, FAILED = "running", "completed", "interrupted", "diverged", "failed"
+
+
+class RunRecord:
+    def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str]):
+        self.path = Path(run_dir) / "metrics.json"
+        self.started = time.time()
+        self.data = {
+            "status": RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
+            "final": {}, "test": {}, "epochs_run": 0, "global_step": 0, "wall_time_s": 0.0,
+            "config_hash": config_hash, "overrides": overrides, "message": None,
+        }
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict | None:
+        path = Path(run_dir) / "metrics.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def resume_from(self, previous: dict) -> None:
+        self.started -= previous.get("wall_time_s", 0.0)
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.data["wall_time_s"] = round(time.time() - self.started, 3)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
