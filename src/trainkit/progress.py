@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -12,7 +13,8 @@ from rich.table import Table
 from trainkit import metrics as M
 from trainkit.callbacks import Callback
 
-console = Console(stderr=False, highlight=False)
+# soft_wrap keeps long log lines whole in files and pipes, where rich would assume 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
 
 
 class ProgressDisplay(Callback):

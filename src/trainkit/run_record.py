@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 from trainkit.atomic import atomic_write_text
+from trainkit.callbacks import Callback
 
 RUNNING, COMPLETED, INTERRUPTED, DIVERGED, FAILED = "running", "completed", "interrupted", "diverged", "failed"
 
 
-class RunRecord:
+class RunRecord(Callback):
+    """Also a callback: after every epoch the file shows how far the run got."""
+
     def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str]):
         self.path = Path(run_dir) / "metrics.json"
         self.started = time.time()
@@ -38,3 +41,8 @@ class RunRecord:
         self.data.update(fields)
         self.data["wall_time_s"] = round(time.time() - self.started, 3)
         atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        best = trainer.callbacks.get("best_checkpoint")
+        self.update(epochs_run=trainer.epoch, global_step=trainer.global_step, final=dict(metrics),
+                    best=getattr(best, "best", None), best_epoch=getattr(best, "best_epoch", None))

@@ -1,0 +1,107 @@
+"""The `trainkit` command: subcommands that hand over to Hydra apps.
+
+Before Hydra starts a run, the overrides are composed once here, so that a wrong option,
+a misspelt key or an out-of-range value is one line on stderr and exit code 2, with no run
+folder created.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
+
+USAGE = """usage: trainkit <command> [overrides] [hydra flags]
+
+commands:
+  train     train a classifier from the composed config (a Hydra app: -m for sweeps,
+            --cfg job to print the config, --help to list the groups and options)
+  preview   write a PNG grid of augmented training images, without training
+
+examples:
+  trainkit train
+  trainkit train optimizer=adamw schedule=cosine 'regularization=[l2,dropout]'
+  trainkit train -m optimizer=sgd,adam schedule=cosine,step
+  trainkit preview dataset=cifar10 augmentation=flip_crop out=grid.png
+"""
+
+APPS = {"train": "trainkit.train", "preview": "trainkit.preview"}
+# Hydra flags after which no run starts, so there is nothing to check beforehand.
+INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+              "--resolve", "--package", "-p")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return
+    if argv[0] in ("-sc", "--shell-completion"):
+        argv = ["train", *argv]  # Hydra's completion script calls `trainkit -sc query=bash`
+        drop_subcommand_from_completion_line()
+    command, rest = argv[0], argv[1:]
+    if command not in APPS:
+        fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
+    try:
+        if command == "train" and not any(a.split("=")[0] in INFO_FLAGS for a in rest):
+            rest = prepare_train(rest)
+    except UserError as e:
+        fail(str(e))
+    sys.argv = [f"trainkit {command}", *rest]
+    module = __import__(APPS[command], fromlist=["main"])
+    module.main()
+    if command == "train":
+        from trainkit.sweep_summary import FAILED_JOBS
+
+        if FAILED_JOBS:
+            print(f"error: {len(FAILED_JOBS)} sweep job(s) did not complete: {', '.join(FAILED_JOBS)} (see summary.csv)", file=sys.stderr)
+            raise SystemExit(1)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(USER_ERROR_EXIT_CODE)
+
+
+def drop_subcommand_from_completion_line() -> None:
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split(" ")
+    if len(words) > 1 and words[1] == "train":
+        cut = len(words[0]) + len(" train")
+        os.environ["COMP_LINE"] = words[0] + line[cut:]
+        point = int(os.environ.get("COMP_POINT", len(line)))
+        os.environ["COMP_POINT"] = str(max(len(words[0]), point - len(" train")))
+
+
+def prepare_train(args: list[str]) -> list[str]:
+    """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
+    from trainkit import preflight
+    from trainkit.resume import find_resumable, original_overrides, resolve_resume_target
+
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    overrides = [o for o in overrides if not o.startswith("resume=")]
+    multirun = "-m" in flags or "--multirun" in flags
+    if resume and multirun:
+        raise UserError(f"resume={resume} is not allowed with -m: resume one run at a time")
+    if resume == "auto":
+        cfg = preflight.compose_checked(overrides)
+        run_dir = find_resumable(Path(cfg.paths.output_root), preflight.hash_of(cfg))
+        if run_dir is None:
+            print(f"resume=auto: no unfinished run of this config under {cfg.paths.output_root}/runs; starting a new run")
+            return args_without_resume(args)
+        resume = str(run_dir)
+    if resume and resume != "null":
+        run_dir, checkpoint = resolve_resume_target(resume)
+        overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
+        preflight.compose_checked(overrides)
+        return [*flags, *overrides]
+    preflight.check_all(overrides, multirun)
+    return args
+
+
+def args_without_resume(args: list[str]) -> list[str]:
+    return [a for a in args if not a.startswith("resume=")]

@@ -1,0 +1,183 @@
+"""Reject a bad config before training starts: unknown keys, wrong types, values out of range.
+
+Hydra already refuses command-line overrides of keys that do not exist; this check also
+covers keys written in YAML files (a user's own config folder), types and ranges. Each
+problem is one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.errors import UserError, allowed
+from trainkit.metrics import MONITORABLE
+
+
+def positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
+
+
+def whole_at_least(n):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= n
+
+
+def fraction_open(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def in_unit_interval_half_open(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+
+
+def non_negative(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
+
+
+def one_of(*choices):
+    check = lambda v: v in choices  # noqa: E731
+    check.what = ", ".join(map(str, choices))
+    return check
+
+
+def optional(check):
+    wrapped = lambda v: v is None or check(v)  # noqa: E731
+    wrapped.what = f"null or {describe(check)}"
+    return wrapped
+
+
+def describe(check) -> str:
+    return getattr(check, "what", None) or {
+        positive: "a number > 0", fraction_open: "a number strictly between 0 and 1",
+        in_unit_interval_half_open: "a number in [0, 1)", non_negative: "a number >= 0",
+    }.get(check, "see the YAML comments")
+
+
+def whole(n):
+    check = whole_at_least(n)
+    check.what = f"a whole number >= {n}"
+    return check
+
+
+# Known keys of the groups that have no _target_, with a rule where a value can be wrong.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "trainer": {
+        "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": None,
+        "precision": one_of("auto", "32", "bf16", "16", 32, 16), "seed": whole(0),
+        "monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "on_nan": one_of("stop", "skip"),
+        "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
+        "limit_val_batches": optional(whole(1)), "progress": one_of("auto", True, False),
+    },
+    "dataset": {
+        "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
+        "val_fraction": fraction_open, "test_fraction": fraction_open, "in_channels": optional(one_of(1, 3)),
+        "image_size": optional(whole(1)), "num_classes": optional(whole(2)), "class_names": None,
+        "mean": None, "std": None, "preprocess": one_of("standardize", "center", "none", "zca"),
+        "loader": one_of("auto", "device", "workers"), "workers": None,
+        "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
+        "zca_epsilon": positive, "max_device_bytes": None,
+    },
+    "augmentation": {"train": None, "eval": None},
+    "logger": {"tensorboard": None},
+    "paths": {"data_dir": None, "output_root": None, "cache_dir": None},
+}
+
+# Range rules for keys inside _target_ nodes (their key names come from the target's signature).
+TARGET_RULES: dict[str, dict[str, Any]] = {
+    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative,
+                  "alpha": positive, "k": whole(1)},
+    "model": {"depth": whole(1), "width": whole(1)},
+    "norm": {"num_groups": whole(1)},
+}
+
+REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
+    "dropout": {"p": in_unit_interval_half_open},
+    "l2": {"weight_decay": non_negative, "coupling": one_of("optimizer", "loss")},
+    "label_smoothing": {"epsilon": in_unit_interval_half_open},
+}
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise one UserError for the first problem found; silent for a good config."""
+    for group, schema in SCHEMAS.items():
+        node = cfg.get(group)
+        if node is None:
+            continue
+        for key in node:
+            if key not in schema:
+                raise UserError(f"{group}.{key}: unknown key; {group} takes {', '.join(sorted(schema))}")
+            rule = schema[key]
+            value = node.get(key)
+            if rule is not None and not rule(value):
+                raise allowed(f"{group}.{key}", value, describe(rule))
+    for group in ("optimizer", "schedule", "model", "norm", "activation", "init"):
+        node = cfg.get(group)
+        if node is not None:
+            check_target_node(group, node, TARGET_RULES.get(group, {}), EXTRA_KEYS.get(group, set()))
+    for name, node in (cfg.get("regularization") or {}).items():
+        rules = REGULARIZATION_RULES.get(name, {})
+        if not isinstance(node, DictConfig):
+            continue
+        for key, rule in rules.items():
+            if key in node and not rule(node[key]):
+                raise allowed(f"regularization.{name}.{key}", node[key], describe(rule))
+
+
+# Keys the run consumes itself before calling the target.
+EXTRA_KEYS = {"schedule": {"warmup_epochs", "warmup_steps", "warmup_start_factor"}}
+
+
+def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] = frozenset()) -> None:
+    """Every key of a _target_ node must be an argument its target accepts."""
+    target = node.get("_target_")
+    if target is None:
+        return
+    try:
+        obj = get_object(target)
+    except Exception:
+        raise allowed(f"{path}._target_", target, "an importable class or function") from None
+    accepted, takes_kwargs = signature_keys(obj)
+    for key in node:
+        if key.startswith("_") and key.endswith("_"):
+            continue
+        value = node.get(key)
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_target_node(f"{path}.{key}", value, rules, extra)
+            continue
+        if key not in accepted and key not in extra and not takes_kwargs:
+            raise UserError(f"{path}.{key}: unknown key for {target}; allowed: {', '.join(sorted(accepted | extra))}")
+        rule = rules.get(key)
+        if rule is not None and not rule(value):
+            raise allowed(f"{path}.{key}", value, describe(rule))
+
+
+SUPPLIED_BY_RUN = {"self", "params", "optimizer", "horizon", "in_channels", "image_size", "num_classes", "norm",
+                   "activation", "dropout", "args", "kwargs"}
+
+
+def signature_keys(obj) -> tuple[set[str], bool]:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return set(), True
+    names = {p.name for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    return names - SUPPLIED_BY_RUN, takes_kwargs
+
+
+HASH_IGNORED = ("resume", "paths", "task_name")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Identifies 'the same config' for resume=auto: everything but paths, resume and display knobs."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for key in HASH_IGNORED:
+        container.pop(key, None)
+    container.get("trainer", {}).pop("progress", None)
+    return hashlib.sha1(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,97 @@
+"""Compose the config as Hydra will, without running: every bad override becomes one UserError."""
+
+from __future__ import annotations
+
+import re
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainkit.config_check import check_config, config_hash
+from trainkit.errors import UserError
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="trainkit.configs", version_base=None):
+            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException) as e:
+        raise UserError(one_line(e, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        OmegaConf.resolve(job_cfg)
+    except OmegaConfBaseException as e:
+        raise UserError(one_line(e, overrides)) from None
+    check_config(job_cfg)
+    job_cfg.hydra_sweep_params = cfg.hydra.sweeper.get("params")
+    return job_cfg
+
+
+def hash_of(cfg: DictConfig) -> str:
+    clean = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra_sweep_params"])
+    return config_hash(clean)
+
+
+def check_all(overrides: list[str], multirun: bool) -> None:
+    """Compose the plain overrides; in a sweep also each value of each swept key once."""
+    if not multirun:
+        compose_checked(overrides)
+        return
+    parsed = parse(overrides)
+    base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
+    base = [b for b in base if b is not None]
+    cfg = compose_checked(base)
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override() and not o.is_interval_sweep():
+            for value in o.sweep_string_iterator():
+                trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
+                compose_checked(trial)
+    for key, values in (cfg.get("hydra_sweep_params") or {}).items():
+        for value in str(values).split(","):
+            compose_checked([*base, f"{key}={value.strip()}"])
+
+
+def parse(overrides: list[str]):
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise UserError(one_line(e, overrides)) from None
+
+
+def first_value(o) -> str | None:
+    if o.is_interval_sweep():
+        return None
+    for value in o.sweep_string_iterator():
+        return f"{o.get_key_element()}={value}"
+    return None
+
+
+def one_line(e: Exception, overrides: list[str]) -> str:
+    """Hydra's multi-line errors, shortened to what the user needs: the key, the value, the choices."""
+    text = str(e)
+    if isinstance(e, MissingConfigException) or "Could not find" in text:
+        m = re.search(r"Could not find '([^']+)'", text)
+        missing = m.group(1) if m else "?"
+        group, _, option = missing.rpartition("/")
+        options = getattr(e, "options", None) or re.findall(r"^\t(\S+)$", text, flags=re.M)
+        if group and options:
+            return f"{group}={option} is not allowed: the {group} options are {', '.join(sorted(options))}"
+        return f"{missing}: no such config"
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if m:
+        key = m.group(1)
+        given = next((o for o in overrides if o.split("=")[0].lstrip("+~") == key), key)
+        full = re.search(r"full_key: (\S+)", text)
+        full_key = full.group(1) if full else key
+        parent = full_key.rpartition(".")[0]
+        return f"{given}: there is no key '{full_key}' in the config" + (f" (see the keys of '{parent}' with --cfg job)" if parent else "") + \
+            f"; to add a new key write +{given.lstrip('+')}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    return first

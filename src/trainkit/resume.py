@@ -1,0 +1,47 @@
+"""Find what `resume=` points at: the run folder, its checkpoint and its original overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from trainkit.errors import UserError
+from trainkit.run_record import COMPLETED, RunRecord
+
+
+def resolve_resume_target(value: str) -> tuple[Path, Path]:
+    """(run dir, checkpoint) for resume=<run dir or checkpoint file>."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        checkpoint = path / "checkpoints" / "last.pt"
+        if not checkpoint.is_file():
+            raise UserError(f"resume={value}: {checkpoint} does not exist; give a run folder that has checkpoints/last.pt, or a .pt file")
+        return path, checkpoint
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, path
+    raise UserError(f"resume={value}: no such run folder or checkpoint file")
+
+
+def original_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides the run was started with (resume and run-dir ones left out)."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [o for o in (yaml.safe_load(path.read_text()) or [])
+            if not o.startswith(("resume=", "hydra.run.dir=", "+resume="))]
+
+
+def find_resumable(output_root: Path, config_hash: str) -> Path | None:
+    """The newest unfinished run under output_root/runs with this config and a last.pt."""
+    runs = output_root / "runs"
+    if not runs.is_dir():
+        return None
+    candidates = []
+    for run_dir in runs.iterdir():
+        record = RunRecord.read(run_dir)
+        checkpoint = run_dir / "checkpoints" / "last.pt"
+        if record and record.get("config_hash") == config_hash and record.get("status") != COMPLETED and checkpoint.is_file():
+            candidates.append((checkpoint.stat().st_mtime, run_dir))
+    return max(candidates)[1] if candidates else None
