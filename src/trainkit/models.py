@@ -1,4 +1,6 @@
-"""The classifiers: sizes come from the dataset, layers from the norm/activation choices."""
+"""The classifiers: sizes come from the dataset, layers from the norm/activation choices.
+
+Every conv and linear layer goes through `norm.wrap` (weight/spectral norm reparametrise it)."""
 
 from __future__ import annotations
 
@@ -22,12 +24,12 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_channels * image_size * image_size
         for h in hidden:
-            layers += [nn.Linear(width, h, bias=norm.layers_need_bias), norm.flat(h), activation()]
+            layers += [norm.wrap(nn.Linear(width, h, bias=norm.layers_need_bias)), norm.flat(h), activation()]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = h
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(width, num_classes)
+        self.classifier = norm.wrap(nn.Linear(width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -35,7 +37,7 @@ class MLP(nn.Module):
 
 def conv_block(cin: int, cout: int, norm: Normalization, activation: Activation, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=norm.layers_need_bias),
+        norm.wrap(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=norm.layers_need_bias)),
         norm.conv(cout),
         activation(),
     )
@@ -55,7 +57,7 @@ class SmallCNN(nn.Module):
             cin = c
         self.features = nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.classifier = nn.Linear(cin, num_classes)
+        self.classifier = norm.wrap(nn.Linear(cin, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.features(x)))
@@ -67,15 +69,15 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, norm: Normalization, activation: Activation):
         super().__init__()
         bias = norm.layers_need_bias
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+        self.conv1 = norm.wrap(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias))
         self.norm1 = norm.conv(cout)
         self.act1 = activation()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=bias)
+        self.conv2 = norm.wrap(nn.Conv2d(cout, cout, 3, padding=1, bias=bias))
         self.norm2 = norm.conv(cout)
         self.act2 = activation()
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=bias), norm.conv(cout))
+            self.shortcut = nn.Sequential(norm.wrap(nn.Conv2d(cin, cout, 1, stride=stride, bias=bias)), norm.conv(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.norm1(self.conv1(x)))
@@ -102,7 +104,7 @@ class ResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.classifier = nn.Linear(cin, num_classes)
+        self.classifier = norm.wrap(nn.Linear(cin, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.pool(self.blocks(self.stem(x)))))
