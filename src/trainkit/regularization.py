@@ -1,38 +1,183 @@
-"""Regularizers chosen in the `regularization` list group, as the loop's small hooks."""
+"""Regularizers chosen in the `regularization` list group, as the loop's small hooks.
+
+torch provides dropout (nn.Dropout), label smoothing (CrossEntropyLoss(label_smoothing=)),
+L2 through the optimizer's weight_decay and gradient clipping (nn.utils.clip_grad_*_); those
+are used as they are. torch has no L1/elastic-net penalty nor mixup/cutmix, so those are
+written here. Early stopping is a loop callback: trainkit.early_stopping.EarlyStopping.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from trainkit.errors import allowed
+
+# The knobs of each regularization/<name>.yaml; a misspelt knob fails before training starts.
+KNOBS = {
+    "l2": {"weight_decay", "coupling", "exclude_bias_and_norm"},
+    "l1": {"weight"},
+    "elastic_net": {"l1", "beta"},
+    "dropout": {"p"},
+    "label_smoothing": {"epsilon"},
+    "mixup": {"alpha"},
+    "cutmix": {"alpha", "switch_prob"},
+    "early_stopping": {"monitor", "mode", "patience", "min_delta"},
+    "grad_clip": {"by", "max_norm", "norm_type", "value"},
+}
 
 
 class Regularizers:
     """What the selected regularizers add to the loop: a dropout rate for the model, a loss
-    penalty, a batch transform (mixup/cutmix), label smoothing and gradient clipping."""
+    penalty, a batch transform (mixup/cutmix), label smoothing and gradient clipping.
 
-    def __init__(self, cfg):
+    `num_classes` is needed for the soft targets of mixup and cutmix."""
+
+    def __init__(self, cfg, num_classes: int | None = None):
         self.cfg = cfg or {}
+        for name, node in self.cfg.items():
+            if name not in KNOBS:
+                raise allowed("regularization", name, ", ".join(KNOBS))
+            unknown = set(node or {}) - KNOBS[name]
+            if unknown:
+                raise allowed(f"regularization.{name}", sorted(unknown), f"the knobs are {', '.join(sorted(KNOBS[name]))}")
+        self.num_classes = num_classes
+
         dropout = self.cfg.get("dropout")
-        self.dropout = float(dropout.p) if dropout else 0.0
+        self.dropout = _number(dropout.p, "regularization.dropout.p", 0.0, 1.0, hi_open=True) if dropout else 0.0
         smoothing = self.cfg.get("label_smoothing")
-        self.label_smoothing = float(smoothing.epsilon) if smoothing else 0.0
+        self.label_smoothing = (_number(smoothing.epsilon, "regularization.label_smoothing.epsilon", 0.0, 1.0, hi_open=True)
+                                if smoothing else 0.0)
+
         l2 = self.cfg.get("l2")
+        if l2 is not None and l2.coupling not in ("optimizer", "loss"):
+            raise allowed("regularization.l2.coupling", l2.coupling, "optimizer or loss")
         self.l2_in_loss = float(l2.weight_decay) if l2 is not None and l2.coupling == "loss" else 0.0
+        l1 = self.cfg.get("l1")
+        self.l1 = _number(l1.weight, "regularization.l1.weight", 0.0) if l1 else 0.0
+        enet = self.cfg.get("elastic_net")
+        self.elastic_l1 = _number(enet.l1, "regularization.elastic_net.l1", 0.0) if enet else 0.0
+        self.elastic_beta = _number(enet.beta, "regularization.elastic_net.beta", 0.0) if enet else 0.0
 
+        self.mixup_alpha = self._mix_alpha("mixup")
+        self.cutmix_alpha = self._mix_alpha("cutmix")
+        cutmix = self.cfg.get("cutmix")
+        self.switch_prob = (_number(cutmix.get("switch_prob", 0.5), "regularization.cutmix.switch_prob", 0.0, 1.0)
+                            if cutmix else 0.0)
+        if (self.mixup_alpha or self.cutmix_alpha) and not num_classes:
+            raise ValueError("mixup/cutmix build soft targets: pass Regularizers(cfg, num_classes=...)")
+        self.last_mix: tuple[str, float, torch.Tensor] | None = None  # (kind, lambda, permutation) of the last batch
+
+        self._clip = self._clip_settings(self.cfg.get("grad_clip"))
+        self.last_grad_norm: torch.Tensor | None = None
+
+    # -- loss penalty ---------------------------------------------------------------------------
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
-        if not self.l2_in_loss:
+        """L2 (coupling: loss), L1 and elastic net on conv/linear weights (own code: torch has
+        no penalty terms; it only has L2 as an optimizer's weight_decay)."""
+        l2 = self.l2_in_loss + self.elastic_beta  # both use the lambda/2 * sum(w^2) form
+        l1 = self.l1 + self.elastic_l1
+        if not (l1 or l2):
             return 0.0
-        return 0.5 * self.l2_in_loss * sum(p.pow(2).sum() for p in decayed_parameters(model))
+        total = 0.0
+        for w in decayed_parameters(model):
+            if l2:
+                total = total + 0.5 * l2 * w.pow(2).sum()
+            if l1:
+                total = total + l1 * w.abs().sum()
+        return total
 
+    # -- mixup / cutmix ---------------------------------------------------------------------------
     def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return images, labels
+        """Mixup or cutmix of the batch with a permutation of itself, and the matching soft targets.
 
+        Own code (torch has none), following Zhang et al. 2018 and Yun et al. 2019. With both
+        selected, each batch uses cutmix with probability `switch_prob`, else mixup (as timm's
+        Mixup does). Every draw comes from torch's global CPU generator, which the run seeds
+        and checkpoints, so a resumed run mixes the same way."""
+        if not (self.mixup_alpha or self.cutmix_alpha):
+            return images, labels
+        use_cutmix = bool(self.cutmix_alpha) and (
+            not self.mixup_alpha or bool(torch.rand(()) < self.switch_prob))
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        lam = float(torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample())
+        perm = torch.randperm(images.shape[0])
+        perm_dev = perm.to(images.device)
+        if use_cutmix:
+            images, lam = cutmix_images(images, perm_dev, lam)
+        else:
+            images = lam * images + (1.0 - lam) * images[perm_dev]
+        self.last_mix = ("cutmix" if use_cutmix else "mixup", lam, perm)
+        one_hot = F.one_hot(labels, self.num_classes).float()
+        return images, lam * one_hot + (1.0 - lam) * one_hot[perm_dev]
+
+    def _mix_alpha(self, name: str) -> float:
+        node = self.cfg.get(name)
+        if not node:
+            return 0.0
+        alpha = float(node.alpha)
+        if not alpha > 0:
+            raise allowed(f"regularization.{name}.alpha", node.alpha, "a number > 0 (Beta(alpha, alpha) draws the mixing weight)")
+        return alpha
+
+    # -- gradient clipping -------------------------------------------------------------------------
     def clip_gradients(self, model: nn.Module) -> None:
+        """torch's clip_grad_norm_ / clip_grad_value_, when grad_clip is selected."""
+        if self._clip is None:
+            return None
+        by, limit, norm_type = self._clip
+        if by == "norm":
+            self.last_grad_norm = nn.utils.clip_grad_norm_(model.parameters(), limit, norm_type=norm_type)
+        else:
+            nn.utils.clip_grad_value_(model.parameters(), limit)
         return None
+
+    @staticmethod
+    def _clip_settings(node):
+        if not node:
+            return None
+        by = node.get("by", "norm")
+        if by == "norm":
+            return by, _number(node.max_norm, "regularization.grad_clip.max_norm", 0.0, positive=True), float(node.get("norm_type", 2.0))
+        if by == "value":
+            return by, _number(node.value, "regularization.grad_clip.value", 0.0, positive=True), None
+        raise allowed("regularization.grad_clip.by", by, "norm or value")
+
+
+def cutmix_images(images: torch.Tensor, perm: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
+    """Paste a box of each permuted image into each image; the box covers a (1 - lam) share
+    of the area, centred uniformly at random and clipped at the border. Returns the images and
+    lambda corrected for the clipping (the share of each image that is still its own)."""
+    h, w = images.shape[-2:]
+    cut_h, cut_w = int(h * math.sqrt(1.0 - lam)), int(w * math.sqrt(1.0 - lam))
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    mixed = images.clone()
+    mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
+    return mixed, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 def decayed_parameters(model: nn.Module):
-    """Weights of conv and linear layers: the parameters a weight penalty applies to."""
+    """Weights of conv and linear layers: the parameters a weight penalty applies to (not
+    biases, normalization weights or PReLU slopes). With weight/spectral norm this is the
+    effective weight the layer uses."""
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             yield module.weight
+
+
+def _number(value, key: str, lo: float, hi: float | None = None, hi_open: bool = False, positive: bool = False) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise allowed(key, value, "a number") from None
+    if math.isnan(x) or x < lo or (positive and x <= lo) or (hi is not None and (x >= hi if hi_open else x > hi)):
+        bounds = f"> {lo}" if positive else f">= {lo}"
+        if hi is not None:
+            bounds += f" and {'<' if hi_open else '<='} {hi}"
+        raise allowed(key, value, f"a number {bounds}")
+    return x
