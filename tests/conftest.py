@@ -25,3 +25,29 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared()
+
+
+def run_trainkit(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
+    """The real `trainkit` command in a subprocess (what a user types), output captured."""
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("TRAINKIT_OUTPUT_DIR", None)
+    return subprocess.run([sys.executable, "-m", "trainkit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def only_run_dir(root: Path) -> Path:
+    runs = sorted((root / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard log folder, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -78,6 +78,7 @@ def drop_subcommand_from_completion_line() -> None:
 def prepare_train(args: list[str]) -> list[str]:
     """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
     from trainkit import preflight
+    from trainkit.config_check import config_hash
     from trainkit.resume import find_resumable, original_overrides, resolve_resume_target
 
     flags = [a for a in args if a.startswith("-")]
@@ -88,8 +89,8 @@ def prepare_train(args: list[str]) -> list[str]:
     if resume and multirun:
         raise UserError(f"resume={resume} is not allowed with -m: resume one run at a time")
     if resume == "auto":
-        cfg = preflight.compose_checked(overrides)
-        run_dir = find_resumable(Path(cfg.paths.output_root), preflight.hash_of(cfg))
+        cfg = preflight.compose_checked(overrides).cfg
+        run_dir = find_resumable(Path(cfg.paths.output_root), config_hash(cfg))
         if run_dir is None:
             print(f"resume=auto: no unfinished run of this config under {cfg.paths.output_root}/runs; starting a new run")
             return args_without_resume(args)

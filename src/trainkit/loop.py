@@ -129,22 +129,8 @@ class Trainer:
         self._accumulate(first["loss"], first["logits"], labels)
         return first["loss"]
 
-    @torch.no_grad()
     def evaluate(self, loader, prefix: str, limit: int | None = None) -> dict:
-        self.model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        count = 0
-        for i, (images, labels) in enumerate(loader):
-            if limit is not None and i >= limit:
-                break
-            images, labels = self.data.to_device(images, labels)
-            with autocast(self.device, self.amp_dtype):
-                logits = self.model(images)
-            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-            correct += (logits.argmax(1) == labels).sum()
-            count += labels.numel()
-        return {f"{prefix}/loss": loss_sum.item() / max(1, count), f"{prefix}/acc": correct.item() / max(1, count)}
+        return evaluate(self.model, loader, self.data.to_device, self.device, self.amp_dtype, prefix, limit)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     @property
@@ -221,3 +207,22 @@ class Trainer:
             if name in self.callbacks:
                 self.callbacks[name].load_state_dict(state)
         restore_rng_states(payload["rng"])
+
+
+@torch.no_grad()
+def evaluate(model, loader, to_device, device, amp_dtype=None, prefix: str = "val", limit: int | None = None) -> dict:
+    """Mean cross-entropy and accuracy of `model` over `loader` (plain CE: no smoothing or class weights)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for i, (images, labels) in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        images, labels = to_device(images, labels)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.numel()
+    return {f"{prefix}/loss": loss_sum.item() / max(1, count), f"{prefix}/acc": correct.item() / max(1, count)}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -11,11 +13,18 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainkit.config_check import check_config, config_hash
+from trainkit.config_check import check_config
 from trainkit.errors import UserError
 
 
-def compose_checked(overrides: list[str]) -> DictConfig:
+@dataclass
+class Composed:
+    cfg: DictConfig  # the job's config, resolved and checked
+    run_dir: Path  # where a single run would write
+    sweep_params: dict  # hydra.sweeper.params from the config (an experiment's sweep)
+
+
+def compose_checked(overrides: list[str]) -> Composed:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="trainkit.configs", version_base=None):
@@ -27,35 +36,38 @@ def compose_checked(overrides: list[str]) -> DictConfig:
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
         OmegaConf.resolve(job_cfg)
+        run_dir = Path(cfg.hydra.run.dir)
     except OmegaConfBaseException as e:
         raise UserError(one_line(e, overrides)) from None
     check_config(job_cfg)
-    job_cfg.hydra_sweep_params = cfg.hydra.sweeper.get("params")
-    return job_cfg
-
-
-def hash_of(cfg: DictConfig) -> str:
-    clean = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra_sweep_params"])
-    return config_hash(clean)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
+    return Composed(job_cfg, run_dir, params or {})
 
 
 def check_all(overrides: list[str], multirun: bool) -> None:
     """Compose the plain overrides; in a sweep also each value of each swept key once."""
     if not multirun:
-        compose_checked(overrides)
+        refuse_used_run_dir(compose_checked(overrides).run_dir)
         return
     parsed = parse(overrides)
     base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
     base = [b for b in base if b is not None]
-    cfg = compose_checked(base)
+    composed = compose_checked(base)
     for i, o in enumerate(parsed):
         if o.is_sweep_override() and not o.is_interval_sweep():
             for value in o.sweep_string_iterator():
                 trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
                 compose_checked(trial)
-    for key, values in (cfg.get("hydra_sweep_params") or {}).items():
+    for key, values in composed.sweep_params.items():
         for value in str(values).split(","):
             compose_checked([*base, f"{key}={value.strip()}"])
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """A run never writes into another run's folder (Hydra would rewrite its .hydra/ files)."""
+    if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+        raise UserError(f"hydra.run.dir={str(run_dir)!r} already holds a run; choose another folder, "
+                        f"or continue that run with resume={run_dir}")
 
 
 def parse(overrides: list[str]):

@@ -7,6 +7,7 @@ Returns the best value of the monitored metric, so that Hydra sweepers that opti
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from trainkit.data import build_data
 from trainkit.devices import resolve_device, resolve_precision
 from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
 from trainkit.interrupts import StopRequest
+from trainkit.preflight import refuse_used_run_dir
 from trainkit.loop import Trainer
 from trainkit.optimizers import build_optimizer
 from trainkit.progress import ProgressDisplay, console, results_table
@@ -154,13 +156,6 @@ def close_logger(callbacks: dict) -> None:
         callbacks["tensorboard"].close()
 
 
-def refuse_used_run_dir(run_dir: Path) -> None:
-    """A run never overwrites another run's results."""
-    if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
-        raise UserError(f"hydra.run.dir={str(run_dir)!r} already holds a run; choose another folder, "
-                        f"or continue that run with resume={run_dir}")
-
-
 def overrides_of_this_job() -> list[str]:
     try:
         return list(HydraConfig.get().overrides.task)
@@ -197,7 +192,7 @@ def main(cfg: DictConfig) -> float:
         if in_sweep:
             mark_failed(run_dir, f"error: {e}")
             return float("nan")
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
     except RunEnded as e:
         if in_sweep:

@@ -1,0 +1,125 @@
+"""`trainkit train` end to end through the real CLI: digits, the default run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import only_run_dir, read_scalars, run_trainkit
+from trainkit import metrics as M
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("default")
+    result = run_trainkit("train", cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cwd, only_run_dir(cwd), result
+
+
+def test_default_run_reaches_095_test_accuracy(default_run):
+    _, run_dir, result = default_run
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    assert record["epochs_run"] == 10
+    assert record["test"]["test/acc"] >= 0.95
+    assert record["best"] >= 0.9 and 1 <= record["best_epoch"] <= 10
+    assert str(run_dir) in result.stdout  # the user is told where the run is
+    assert "test/acc" in result.stdout  # the results table
+
+
+def test_event_file_holds_the_curves(default_run):
+    _, run_dir, _ = default_run
+    scalars = read_scalars(run_dir / "tensorboard")
+    for tag in (M.TRAIN_LOSS, M.TRAIN_ACC, M.VAL_LOSS, M.VAL_ACC, M.LR, M.TEST_LOSS, M.TEST_ACC):
+        assert tag in scalars, (tag, sorted(scalars))
+    assert len(scalars[M.VAL_ACC]) == 10  # once per epoch
+    assert len(scalars[M.LR]) > 10  # per step (every log_every_n_steps)
+    losses = [v for _, v in scalars[M.TRAIN_LOSS]]
+    assert losses[-1] < losses[0] / 3
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert scalars[M.TEST_ACC][-1][1] == pytest.approx(record["test"]["test/acc"], abs=1e-6)
+
+
+def test_hparams_are_logged_for_the_hparams_tab(default_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, run_dir, _ = default_run
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert info.hparams["optimizer"].string_value == "adam"
+    assert info.hparams["optimizer.lr"].number_value == pytest.approx(0.001)
+    assert info.hparams["model"].string_value == "cnn"
+
+
+def test_best_checkpoint_reproduces_its_validation_accuracy(default_run):
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.data import build_data
+    from trainkit.loop import evaluate
+    from trainkit.train import build_model
+
+    _, run_dir, _ = default_run
+    payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)  # plain data, no code
+    for key in ("model", "optimizer", "schedule", "epoch", "config", "callbacks", "rng"):
+        assert key in payload
+    cfg = OmegaConf.create(payload["config"])
+    data = build_data(cfg, torch.device("cpu"))
+    model = build_model(cfg, data.spec, dropout=0.0)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+    val = evaluate(model, data.val, data.to_device, torch.device("cpu"), prefix="val")
+    assert val[M.VAL_ACC] == pytest.approx(payload["metrics"][M.VAL_ACC], abs=1e-9)
+    assert payload["callbacks"]["best_checkpoint"]["best"] == pytest.approx(val[M.VAL_ACC])
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 10
+
+
+def test_same_seed_same_metrics(tmp_path):
+    records = []
+    for name in ("a", "b"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        result = run_trainkit("train", "trainer.epochs=2", cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        records.append(json.loads((only_run_dir(cwd) / "metrics.json").read_text()))
+    assert records[0]["final"] == records[1]["final"]
+    assert records[0]["test"] == records[1]["test"]
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    result = run_trainkit("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "optimizer: " in result.stdout and "adamw" in result.stdout
+    assert "regularization: " in result.stdout
+    top = run_trainkit("--help", cwd=tmp_path)
+    assert "train" in top.stdout and "preview" in top.stdout
+
+
+def test_cfg_job_prints_composed_config_without_running(tmp_path):
+    result = run_trainkit("train", "optimizer=sgd", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_option_fails_fast_listing_the_choices(tmp_path):
+    result = run_trainkit("train", "optimizer=adamm", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: optimizer=adamm is not allowed: the optimizer options are " + \
+        ", ".join(sorted(p.stem for p in (__import__("pathlib").Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_run_dir_override_is_used(tmp_path):
+    result = run_trainkit("train", "trainer.epochs=1", "hydra.run.dir=my_run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "my_run" / "checkpoints" / "best.pt").is_file()
+    again = run_trainkit("train", "trainer.epochs=1", "hydra.run.dir=my_run", cwd=tmp_path)
+    assert again.returncode == 2
+    assert "already holds a run" in again.stderr
