@@ -142,11 +142,13 @@ class Trainer:
         self._correct = torch.zeros((), dtype=torch.long)
         self._count = 0
         self._pending_losses: list[torch.Tensor] = []
+        self._pending_steps: list[int] = []
 
     def _accumulate(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         # Kept on the device and summed lazily: no host sync per step.
         n = labels.numel()
         self._pending_losses.append(loss.float() * n)
+        self._pending_steps.append(self.global_step + 1)  # this step's number; global_step counts it after
         self._correct = self._correct.to(labels.device) + (logits.argmax(1) == labels).sum()
         self._count += n
         self.last_batch_size = n
@@ -161,12 +163,12 @@ class Trainer:
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             first_bad = int((~finite).nonzero()[0, 0])
-            step = self.global_step - len(self._pending_losses) + first_bad + 1
-            self._pending_losses = []
+            step = self._pending_steps[first_bad]
+            self._pending_losses, self._pending_steps = [], []
             raise Diverged(f"the training loss became {float(losses[first_bad]):.4g} at step {step} (epoch {self.epoch + 1}); "
                            "lower optimizer.lr, add regularization=[grad_clip], or set trainer.on_nan=skip")
         self._loss_sum = self._loss_sum + losses.sum().double().cpu()
-        self._pending_losses = []
+        self._pending_losses, self._pending_steps = [], []
 
     def running_train_metrics(self) -> tuple[float, float]:
         self._check_finite()

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 from torch import nn
 
 from trainkit import metrics as M
@@ -128,7 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         raise RunEnded(INTERRUPTED_EXIT_CODE, status)
     if status == "diverged":
         record.update(**summary, status=DIVERGED)
-        console.print(f"[red]diverged[/]: {trainer.message}. best.pt is left as it was.")
+        console.print(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.")
         close_logger(callbacks)
         raise RunEnded(DIVERGED_EXIT_CODE, status)
 
@@ -214,7 +215,7 @@ def mark_failed(run_dir: Path, message: str) -> None:
                        overrides_of_this_job())
     record.data.update({k: v for k, v in previous.items() if k in record.data and k not in ("status", "wall_time_s")})
     record.update(status=FAILED, message=message)
-    console.print(f"[red]job failed:[/] {message}", soft_wrap=True)
+    console.print(f"[red]job failed:[/] {escape(message)}")
 
 
 if __name__ == "__main__":
