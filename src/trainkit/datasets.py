@@ -86,14 +86,17 @@ def _torchvision_arrays(name: str, root: str, download: bool, train: bool) -> tu
     raise AssertionError(name)
 
 
+_IDX_FILES = "the unpacked idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte"
+
+# Where torchvision looks under data_dir, and what it wants to find there.
 EXPECTED_FILES = {
-    "mnist": "MNIST/raw/train-images-idx3-ubyte(.gz) and the other three MNIST idx files",
-    "fashion_mnist": "FashionMNIST/raw/train-images-idx3-ubyte(.gz) and the other three Fashion-MNIST idx files",
-    "kmnist": "KMNIST/raw/train-images-idx3-ubyte(.gz) and the other three KMNIST idx files",
-    "cifar10": "cifar-10-batches-py/ (unpacked cifar-10-python.tar.gz)",
-    "cifar100": "cifar-100-python/ (unpacked cifar-100-python.tar.gz)",
-    "svhn": "train_32x32.mat and test_32x32.mat",
-    "stl10": "stl10_binary/ (unpacked stl10_binary.tar.gz)",
+    "mnist": ("MNIST/raw", _IDX_FILES),
+    "fashion_mnist": ("FashionMNIST/raw", _IDX_FILES),
+    "kmnist": ("KMNIST/raw", _IDX_FILES),
+    "cifar10": ("cifar-10-batches-py", "data_batch_1..data_batch_5 and test_batch (unpack cifar-10-python.tar.gz)"),
+    "cifar100": ("cifar-100-python", "train, test and meta (unpack cifar-100-python.tar.gz)"),
+    "svhn": ("", "train_32x32.mat and test_32x32.mat"),
+    "stl10": ("stl10_binary", "train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin (unpack stl10_binary.tar.gz)"),
 }
 
 
@@ -101,11 +104,14 @@ def load_torchvision(name: str, root: str, download: bool, train: bool) -> tuple
     try:
         return _torchvision_arrays(name, root, download, train)
     except (RuntimeError, OSError) as e:
-        where = Path(root).resolve()
-        how = "the download failed" if download else "download is false"
+        folder, files = EXPECTED_FILES[name]
+        where = Path(root).resolve() / folder
+        how = "the download failed" if download else "dataset.download is false"
+        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UserError(
-            f"dataset={name}: files not found under {where} and {how} ({str(e).splitlines()[0][:120]}); "
-            f"put {EXPECTED_FILES[name]} there, or point dataset.data_dir (or TRAINKIT_DATA_DIR) at the folder that holds them"
+            f"dataset={name}: could not read the files in {where} ({how}: {first}); "
+            f"put {files} there, or set dataset.data_dir (or TRAINKIT_DATA_DIR) to the folder that holds "
+            f"{folder or 'them'}"
         ) from None
 
 
@@ -129,23 +135,40 @@ def build_splits(cfg, seed: int) -> Splits:
     else:
         raise allowed("dataset.name", name, f"one of digits, imagefolder, {', '.join(TORCHVISION_DATASETS)}")
     train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, seed, "dataset.val_fraction")
-    spec = spec_from_config(cfg, full)
-    return Splits(full.subset(train_idx), full.subset(val_idx), test, spec)
+    train = full.subset(train_idx)
+    return Splits(train, full.subset(val_idx), test, spec_from_config(cfg, train))
 
 
 def spec_from_config(cfg, train: ArraySource) -> DataSpec:
-    spec = DataSpec(
-        in_channels=int(cfg.in_channels),
-        image_size=int(cfg.image_size),
-        num_classes=int(cfg.num_classes),
-        class_names=[str(c) for c in cfg.class_names],
-        mean=[float(m) for m in cfg.mean],
-        std=[float(s) for s in cfg.std],
-    )
+    """The config's description of the data, checked against the images; mean/std null: computed."""
     n, h, w, c = train.images.shape
-    if (h, w, c) != (spec.image_size, spec.image_size, spec.in_channels):
+    if (h, w, c) != (int(cfg.image_size), int(cfg.image_size), int(cfg.in_channels)):
         raise UserError(
             f"dataset={cfg.name}: the images are {h}x{w}x{c} but the config says "
-            f"image_size={spec.image_size}, in_channels={spec.in_channels}"
+            f"image_size={cfg.image_size}, in_channels={cfg.in_channels}"
         )
-    return spec
+    if cfg.mean is None or cfg.std is None:
+        mean, std = channel_stats(train.images)
+    else:
+        mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
+    if len(mean) != c or len(std) != c:
+        raise UserError(f"dataset.mean and dataset.std need {c} value(s), one per channel; got {len(mean)} and {len(std)}")
+    class_names = [str(name) for name in cfg.class_names]
+    if len(class_names) != int(cfg.num_classes):
+        raise UserError(f"dataset={cfg.name}: {len(class_names)} class_names for num_classes={cfg.num_classes}")
+    return DataSpec(in_channels=c, image_size=h, num_classes=int(cfg.num_classes), class_names=class_names, mean=mean, std=std)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, H, W, C) pixels scaled to [0, 1], over all pixels."""
+    c = images.shape[-1]
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].reshape(-1, c).astype(np.float64)
+        total += block.sum(0)
+        total_sq += np.square(block).sum(0)
+    count = max(1, images.size // c)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return [round(float(m) / 255.0, 6) for m in mean], [round(max(float(s) / 255.0, 1e-3), 6) for s in std]  # a constant image set must not divide by 0

@@ -1,0 +1,178 @@
+"""`dataset=imagefolder`: a folder of images, one sub-folder per class, loaded into memory.
+
+Two layouts:
+  <root>/train/<class>/...  (+ optional <root>/val/<class>/..., <root>/test/<class>/...)
+  <root>/<class>/...        (val and test held out by val_fraction / test_fraction)
+Class names come from the folder names; mean and std from the training images, cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from omegaconf import MissingMandatoryValue
+
+from trainkit.atomic import atomic_write_text
+from trainkit.datasets import ArraySource, DataSpec, Splits, channel_stats, stratified_split
+from trainkit.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def list_class_folder(folder: Path) -> dict[str, list[Path]]:
+    """{class name: sorted image files (searched recursively)} for each sub-folder of `folder`."""
+    classes = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = []
+        for dirpath, dirnames, filenames in os.walk(sub, followlinks=True):
+            dirnames.sort()
+            files += [Path(dirpath) / f for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        classes[sub.name] = files
+    return classes
+
+
+def _root(cfg) -> Path:
+    try:
+        root = cfg.root
+    except MissingMandatoryValue:
+        root = None
+    if not root:
+        raise UserError("dataset=imagefolder needs dataset.root: a folder with train/<class>/ sub-folders "
+                        "(and optionally val/ and test/), or with one sub-folder of images per class")
+    path = Path(str(root)).expanduser()
+    if not path.is_dir():
+        raise UserError(f"dataset.root={str(root)!r}: {path.resolve()} is not a folder; put one sub-folder of images "
+                        "per class there (or train/<class>/, val/<class>/, test/<class>/)")
+    return path
+
+
+def _class_order(cfg, found: dict[str, list[Path]], where: Path) -> list[str]:
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        raise UserError(f"dataset.root: class folder(s) {', '.join(empty[:5])} in {where} hold no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    if not found:
+        raise UserError(f"dataset.root: {where} has no class sub-folders; put the images of each class in "
+                        f"{where}/<class name>/")
+    names = sorted(found)
+    if cfg.get("class_names"):
+        given = [str(c) for c in cfg.class_names]
+        if sorted(given) != names:
+            raise UserError(f"dataset.class_names={given} do not match the class folders in {where}: {names}")
+        names = given  # the user's order sets the label numbers
+    if cfg.get("num_classes") is not None and int(cfg.num_classes) != len(names):
+        raise UserError(f"dataset.num_classes={cfg.num_classes} but {where} has {len(names)} class folders; "
+                        "leave num_classes null to take it from the folders")
+    return names
+
+
+def _files_and_labels(found: dict[str, list[Path]], names: list[str], where: Path) -> tuple[list[Path], np.ndarray]:
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise UserError(f"{where} has class folder(s) {unknown} that the training folder does not have")
+    files, labels = [], []
+    for label, name in enumerate(names):
+        files += found.get(name, [])
+        labels += [label] * len(found.get(name, []))
+    return files, np.asarray(labels, dtype=np.int64)
+
+
+def read_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image as uint8 (size, size, channels): RGB or grey, resized (antialiased) when needed."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if channels == 3 else "L")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+            array = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise UserError(f"dataset.root: cannot read image {path}: {e}") from None
+    return array.reshape(size, size, channels)
+
+
+def read_images(files: list[Path], size: int, channels: int) -> np.ndarray:
+    out = np.empty((len(files), size, size, channels), dtype=np.uint8)
+    # PIL releases the GIL while decoding, so threads overlap the file reads and decodes.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, image in enumerate(pool.map(lambda f: read_image(f, size, channels), files, chunksize=64)):
+            out[i] = image
+    return out
+
+
+def _stats_key(root: Path, files: list[Path], size: int, channels: int) -> str:
+    h = hashlib.sha256(f"{root.resolve()}|{size}|{channels}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def training_stats(cfg, root: Path, files: list[Path], images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the training images, cached under cache_dir by a hash of the files."""
+    size, channels = images.shape[1], images.shape[3]
+    cache_dir = cfg.get("cache_dir")
+    path = None
+    if cache_dir:
+        path = Path(str(cache_dir)) / "imagefolder_stats" / f"{_stats_key(root, files, size, channels)}.json"
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+                return cached["mean"], cached["std"]
+            except (ValueError, KeyError):
+                pass  # a damaged cache entry is recomputed
+    mean, std = channel_stats(images)
+    if path is not None:
+        record = {"root": str(root.resolve()), "images": len(files), "image_size": size, "channels": channels, "mean": mean, "std": std}
+        try:
+            atomic_write_text(path, json.dumps(record, indent=1))
+        except OSError:
+            pass  # a read-only cache folder costs only the recomputation
+    return mean, std
+
+
+def load_imagefolder(cfg, seed: int) -> Splits:
+    root = _root(cfg)
+    size, channels = int(cfg.image_size), int(cfg.in_channels)
+    if channels not in (1, 3):
+        raise UserError(f"dataset.in_channels={channels} is not allowed: 1 (grey) or 3 (RGB)")
+    split_root = root / "train"
+    if split_root.is_dir():
+        found = {split: list_class_folder(root / split) for split in SPLIT_FOLDERS if (root / split).is_dir()}
+        names = _class_order(cfg, found["train"], split_root)
+        parts = {split: _files_and_labels(found[split], names, root / split) for split in found}
+        train_files, train_labels = parts["train"]
+        held = {}
+        if "test" not in parts:
+            kept, test_idx = stratified_split(train_labels, cfg.test_fraction, seed, "dataset.test_fraction")
+            held["test"] = ([train_files[i] for i in test_idx], train_labels[test_idx])
+            train_files, train_labels = [train_files[i] for i in kept], train_labels[kept]
+        if "val" not in parts:
+            kept, val_idx = stratified_split(train_labels, cfg.val_fraction, seed, "dataset.val_fraction")
+            held["val"] = ([train_files[i] for i in val_idx], train_labels[val_idx])
+            train_files, train_labels = [train_files[i] for i in kept], train_labels[kept]
+        parts = {**parts, **held, "train": (train_files, train_labels)}
+    else:
+        found = list_class_folder(root)
+        names = _class_order(cfg, found, root)
+        files, labels = _files_and_labels(found, names, root)
+        rest, test_idx = stratified_split(labels, cfg.test_fraction, seed, "dataset.test_fraction")
+        train_idx, val_idx = stratified_split(labels[rest], cfg.val_fraction, seed, "dataset.val_fraction")
+        train_idx, val_idx = rest[train_idx], rest[val_idx]
+        parts = {split: ([files[i] for i in idx], labels[idx]) for split, idx in
+                 (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+
+    sources = {split: ArraySource(read_images(f, size, channels), lab) for split, (f, lab) in parts.items()}
+    if cfg.get("mean") is not None and cfg.get("std") is not None:
+        mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
+    else:
+        mean, std = training_stats(cfg, root, parts["train"][0], sources["train"].images)
+    spec = DataSpec(in_channels=channels, image_size=size, num_classes=len(names), class_names=names, mean=mean, std=std)
+    return Splits(sources["train"], sources["val"], sources["test"], spec)
