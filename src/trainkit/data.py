@@ -7,11 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainkit.augmentation import build_pipeline
+from trainkit.augmentation import augment, build_pipeline
 from trainkit.datasets import DataSpec, Splits, build_splits
-from trainkit.errors import allowed
+from trainkit.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_ops
+from trainkit.errors import UserError, allowed
 from trainkit.loaders import WorkerLoader, class_weights, default_workers
 from trainkit.preprocess import Preprocess
+
+LOADER_CHOICES = ("auto", "device", "workers")
+DEVICE_MEMORY_SHARE = 0.5  # the resident dataset may take at most this share of free memory; the rest is for the model
 
 
 @dataclass
@@ -33,16 +37,18 @@ class Data:
         return self.preprocess(images), labels.to(self.device, non_blocking=True)
 
     def sample_train_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n augmented training images (uint8 NCHW) with labels, for a look at what the model sees.
+        """n augmented training images (uint8 NCHW, on the CPU) with labels, by the path that trains.
 
         Drawn with their own fixed seeds, so looking does not change the run's random stream."""
         n = min(n, len(self.splits.train))
-        idx = np.random.default_rng(0).choice(len(self.splits.train), size=n, replace=False)
+        idx = np.sort(np.random.default_rng(0).choice(len(self.splits.train), size=n, replace=False))
+        if isinstance(self.train, DeviceLoader):
+            images, labels = self.train.augment(idx, seed=0)
+            return images.cpu(), labels.cpu()
         images, labels = [], []
         for k, i in enumerate(idx):
             image, label = self.splits.train[int(i)]
-            self.train_pipeline.set_random_seed(k)
-            images.append(self.train_pipeline(image=image)["image"])
+            images.append(augment(self.train_pipeline, image, seed=k))
             labels.append(label)
         return torch.stack(images), torch.tensor(labels)
 
@@ -55,6 +61,60 @@ def resolve_workers(value) -> int:
     raise allowed("dataset.workers", value, "auto or a whole number >= 0")
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes that a resident dataset could use on `device`."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
+
+
+def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, device: torch.device):
+    """(kind, reason, train ops, eval ops): which path feeds the loop, and why."""
+    if kind not in LOADER_CHOICES:
+        raise allowed("dataset.loader", kind, ", ".join(LOADER_CHOICES))
+    if kind == "workers":
+        return "workers", "dataset.loader=workers", None, None
+    shape = splits.train.images.shape
+    chw = (shape[3], shape[1], shape[2])
+    try:
+        train_ops = batched_ops(train_pipeline, chw, "augmentation.train")
+        eval_ops = batched_ops(eval_pipeline, chw, "augmentation.eval")
+    except NotBatchable as e:
+        if kind == "device":
+            raise UserError(f"dataset.loader=device: {e} (batched: {BATCHED}); use dataset.loader=workers (or auto)") from None
+        return "workers", str(e), None, None
+    need = sum(s.images.nbytes + s.labels.nbytes for s in (splits.train, splits.val, splits.test))
+    available = free_memory(device)
+    if need > DEVICE_MEMORY_SHARE * available:
+        why = f"the dataset ({_size(need)}) is more than {DEVICE_MEMORY_SHARE:.0%} of the {_size(available)} free on {device}"
+        if kind == "device":
+            raise UserError(f"dataset.loader=device: {why}; use dataset.loader=workers (or auto)")
+        return "workers", why, None, None
+    if kind == "device":
+        return "device", "dataset.loader=device", train_ops, eval_ops
+    n_ops = len(train_ops) + len(eval_ops)
+    why = (f"all {n_ops} augmentation op(s) are batched" if n_ops else "no augmentation") + \
+          f" and the data ({_size(need)}) fits on {device}"
+    return "device", why, train_ops, eval_ops
+
+
 def build_data(cfg, device: torch.device) -> Data:
     seed = int(cfg.trainer.seed)
     splits = build_splits(cfg.dataset, seed)
@@ -65,18 +125,28 @@ def build_data(cfg, device: torch.device) -> Data:
     sampler_weights = counts_weights[torch.from_numpy(splits.train.labels)] if cfg.dataset.balanced_sampler else None
     loss_weights = _loss_weights(cfg.dataset.class_weights, counts_weights)
     workers = resolve_workers(cfg.dataset.workers)
-    pin = device.type == "cuda"
-    kind = cfg.dataset.loader
-    if kind not in ("auto", "workers", "device"):
-        raise allowed("dataset.loader", kind, "auto, device or workers")
-    reason = "dataset.loader=workers"
-    train = WorkerLoader(splits.train, train_pipeline, int(cfg.trainer.batch_size), seed, train=True,
-                         workers=workers, pin_memory=pin, weights=sampler_weights)
-    eval_workers = workers if len(cfg.augmentation.eval or []) else 0
-    val = WorkerLoader(splits.val, eval_pipeline, int(cfg.trainer.eval_batch_size), seed, train=False, workers=eval_workers, pin_memory=pin)
-    test = WorkerLoader(splits.test, eval_pipeline, int(cfg.trainer.eval_batch_size), seed, train=False, workers=eval_workers, pin_memory=pin)
-    preprocess = Preprocess(cfg.dataset.preprocess, spec.mean, spec.std).to(device)
-    return Data(spec, splits, train, val, test, preprocess, device, "workers", reason, train_pipeline, loss_weights)
+    batch, eval_batch = int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
+    kind, reason, train_ops, eval_ops = choose_loader(cfg.dataset.loader, splits, train_pipeline, eval_pipeline, device)
+    if kind == "device":
+        train = DeviceLoader(splits.train, train_ops, batch, seed, train=True, device=device, weights=sampler_weights)
+        val = DeviceLoader(splits.val, eval_ops, eval_batch, seed, train=False, device=device)
+        test = DeviceLoader(splits.test, eval_ops, eval_batch, seed, train=False, device=device)
+    else:
+        pin = device.type == "cuda"
+        train = WorkerLoader(splits.train, train_pipeline, batch, seed, train=True,
+                             workers=workers, pin_memory=pin, weights=sampler_weights)
+        # An empty eval pipeline is only a tensor conversion: not worth worker processes.
+        eval_workers = workers if len(cfg.augmentation.eval or []) else 0
+        val = WorkerLoader(splits.val, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin)
+        test = WorkerLoader(splits.test, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin)
+        reason = f"{reason}; {workers} worker process(es)"
+    from trainkit.progress import console
+
+    console.print(f"data loader: {kind} ({reason})")
+    preprocess = Preprocess(cfg.dataset.preprocess, spec.mean, spec.std,
+                            train_images=splits.train.images if cfg.dataset.preprocess == "zca" else None,
+                            zca_epsilon=float(cfg.dataset.get("zca_epsilon", 1e-2))).to(device)
+    return Data(spec, splits, train, val, test, preprocess, device, kind, reason, train_pipeline, loss_weights)
 
 
 def _loss_weights(setting, weights: torch.Tensor) -> torch.Tensor | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from trainkit.augmentation import seed_pipeline
 from trainkit.datasets import ArraySource
 
 
@@ -64,7 +66,7 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, 0)
         image, label = self.source[index]
-        self.pipeline.set_random_seed(seed)
+        seed_pipeline(self.pipeline, seed)
         return self.pipeline(image=image)["image"], label
 
 
@@ -76,6 +78,7 @@ def _quiet_worker(worker_id: int) -> None:
 
 
 def default_workers() -> int:
+    """The cores this process may use (its CPU affinity, which containers and taskset narrow), at most 8."""
     return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
 
 
@@ -85,11 +88,14 @@ class WorkerLoader:
     def __init__(self, source: ArraySource, pipeline, batch_size: int, seed: int, train: bool,
                  workers: int, pin_memory: bool, weights: torch.Tensor | None = None, drop_last: bool = False):
         self.sampler = EpochSampler(len(source), seed, shuffle=train, weights=weights)
-        self.batch_size = batch_size
+        self.batch_size, self.drop_last = batch_size, drop_last
         self.loader = DataLoader(
             AugmentedDataset(source, pipeline), batch_size=batch_size, sampler=self.sampler,
             num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
             worker_init_fn=_quiet_worker if workers > 0 else None, drop_last=drop_last,
+            # Its own generator: starting an epoch's iterator draws the workers' base seed from
+            # it, not from the global torch RNG, so a resumed run's global stream stays exact.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -102,7 +108,9 @@ class WorkerLoader:
         return iter(self.loader)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        """Batches in a whole epoch (also after skip_batches)."""
+        n = self.sampler.n
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
