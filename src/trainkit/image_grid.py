@@ -10,8 +10,9 @@ from PIL import Image, ImageDraw
 def make_grid_with_labels(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], scale: int | None = None) -> torch.Tensor:
     """uint8 NCHW images -> one uint8 CHW RGB image: a square-ish grid, a label under each tile."""
     n, c, h, w = images.shape
-    scale = scale or max(1, 48 // max(h, w))
-    tile_h, tile_w = h * scale, max(w * scale, 48)
+    scale = scale or max(1, 64 // max(h, w))  # small images are enlarged (nearest) to be seen
+    tile_h, tile_w = h * scale, max(w * scale, 56)
+    chars = max(4, tile_w // 6)  # PIL's default font is about 6 pixels per character
     label_h = 12
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -24,5 +25,5 @@ def make_grid_with_labels(images: torch.Tensor, labels: torch.Tensor, class_name
         tile = Image.fromarray(img.astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
         x, y = (i % cols) * (tile_w + 2), (i // cols) * (tile_h + label_h + 2)
         canvas.paste(tile, (x + (tile_w - w * scale) // 2, y))
-        draw.text((x + 1, y + tile_h), str(class_names[int(labels[i])])[:8], fill=(0, 0, 0))
+        draw.text((x + 1, y + tile_h), str(class_names[int(labels[i])])[:chars], fill=(0, 0, 0))
     return torch.from_numpy(np.asarray(canvas).transpose(2, 0, 1).copy())

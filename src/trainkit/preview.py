@@ -1,0 +1,54 @@
+"""`trainkit preview`: a grid of augmented training images to a PNG, without training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, open_dict
+
+from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
+
+
+def write_preview(cfg: DictConfig) -> Path:
+    """Build the data as `trainkit train` would (on the CPU) and save n augmented images."""
+    from PIL import Image
+
+    from trainkit.data import build_data
+    from trainkit.image_grid import make_grid_with_labels
+    from trainkit.progress import console
+
+    if int(cfg.n) < 1:
+        raise UserError(f"n={cfg.n} is not allowed: a whole number >= 1")
+    with open_dict(cfg):
+        cfg.dataset.preprocess = "none"  # the grid shows pixels before preprocessing; no ZCA fit needed
+    data = build_data(cfg, torch.device("cpu"))
+    images, labels = data.sample_train_batch(int(cfg.n))
+    grid = make_grid_with_labels(images, labels, data.spec.class_names)
+    out = Path(str(cfg.out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Image.fromarray(np.ascontiguousarray(grid.numpy().transpose(1, 2, 0))).save(out)
+    except (OSError, ValueError) as e:
+        raise UserError(f"out={str(cfg.out)!r}: cannot write the PNG there ({e})") from None
+    console.print(f"wrote {out}: {len(labels)} augmented training images of dataset={cfg.dataset.name} "
+                  f"({data.spec.image_size}x{data.spec.image_size}x{data.spec.in_channels}), loader={data.loader_kind}")
+    return out
+
+
+@hydra.main(version_base=None, config_path="pkg://trainkit.configs", config_name="preview")
+def main(cfg: DictConfig) -> None:
+    try:
+        write_preview(cfg)
+    except UserError as e:
+        from trainkit.progress import console
+
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+if __name__ == "__main__":
+    main()
