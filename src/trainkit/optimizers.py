@@ -37,7 +37,7 @@ def parameter_groups(model: nn.Module, weight_decay: float | None, exclude_bias_
 
 def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> torch.optim.Optimizer:
     """The configured optimizer; `regularization.l2` with coupling=optimizer sets its weight decay."""
-    factory = instantiate(optimizer_cfg)
+    factory = instantiate(optimizer_cfg, _convert_="all")  # plain lists (betas): checkpoints load with weights_only
     l2 = regularization.get("l2") if regularization else None
     if l2 is not None and l2.coupling == "optimizer":
         if not _takes_weight_decay(factory):
