@@ -13,6 +13,7 @@ from scipy.stats import chisquare
 from trainkit.augmentation import build_pipeline
 from trainkit.data import build_data
 from trainkit.datasets import ArraySource, load_digits_arrays
+from trainkit.device_loader import DeviceLoader
 from trainkit.loaders import EpochSampler, WorkerLoader, class_weights
 
 C = 10
@@ -94,11 +95,15 @@ def test_balanced_sampler_oversamples_the_rare_class_with_replacement(imbalanced
     assert [i for i, _ in again] == indices.tolist()
 
 
-def test_balanced_worker_loader_batches_are_balanced(imbalanced):
+@pytest.mark.parametrize("kind", ["workers", "device"])
+def test_balanced_loader_batches_are_balanced(imbalanced, kind):
     labels = imbalanced.labels
     weights = class_weights(labels, C)[torch.from_numpy(labels)]
-    loader = WorkerLoader(imbalanced, build_pipeline([], "augmentation.train"), batch_size=64, seed=0, train=True,
-                          workers=0, pin_memory=False, weights=weights)
+    if kind == "workers":
+        loader = WorkerLoader(imbalanced, build_pipeline([], "augmentation.train"), batch_size=64, seed=0, train=True,
+                              workers=0, pin_memory=False, weights=weights)
+    else:
+        loader = DeviceLoader(imbalanced, [], batch_size=64, seed=0, train=True, device=torch.device("cpu"), weights=weights)
     counts = np.zeros(C, dtype=np.int64)
     for epoch in range(4):
         loader.set_epoch(epoch)
@@ -109,11 +114,13 @@ def test_balanced_worker_loader_batches_are_balanced(imbalanced):
     assert chisquare(counts).pvalue > 1e-3, counts
 
 
-def test_dataset_config_wires_loss_weights_and_the_sampler():
-    overrides = ["dataset.class_weights=auto", "dataset.balanced_sampler=true", "dataset.workers=0"]
+@pytest.mark.parametrize("loader", ["workers", "device"])
+def test_dataset_config_wires_loss_weights_and_the_sampler(loader):
+    overrides = ["dataset.class_weights=auto", "dataset.balanced_sampler=true", "dataset.workers=0", f"dataset.loader={loader}"]
     with initialize_config_module(config_module="trainkit.configs", version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     data = build_data(cfg, torch.device("cpu"))
+    assert data.loader_kind == loader
     train_labels = data.splits.train.labels
     counts = np.bincount(train_labels, minlength=C)
     torch.testing.assert_close(data.loss_weights, torch.tensor(len(train_labels) / (C * counts), dtype=torch.float32))
