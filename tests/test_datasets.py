@@ -1,0 +1,224 @@
+"""Datasets: real MNIST / Fashion-MNIST / CIFAR-10 subset from ../shared/data, imagefolder, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from PIL import Image
+
+from conftest import SHARED_DATA, require_shared
+from trainkit.datasets import build_splits, channel_stats
+from trainkit.errors import UserError
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def config(*overrides: str):
+    with initialize_config_module("trainkit.configs", version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    require_shared("MNIST")
+    cfg = config("dataset=mnist", f"dataset.data_dir={SHARED_DATA}", "dataset.download=false")
+    return cfg, build_splits(cfg.dataset, 0)
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    require_shared("FashionMNIST")
+    cfg = config("dataset=fashion_mnist", f"dataset.data_dir={SHARED_DATA}", "dataset.download=false")
+    return cfg, build_splits(cfg.dataset, 0)
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory):
+    root = require_shared("cifar10-subset")
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = config("dataset=imagefolder", f"dataset.root={root}", f"dataset.cache_dir={cache}")
+    return cfg, build_splits(cfg.dataset, 0), cache
+
+
+@pytest.mark.parametrize("which, names", [
+    ("mnist", [str(i) for i in range(10)]),
+    ("fashion", ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]),
+])
+def test_real_mnist_like_sizes_classes_and_stats(which, names, request):
+    cfg, splits = request.getfixturevalue(which)
+    assert len(splits.train) + len(splits.val) == 60_000
+    assert len(splits.test) == 10_000
+    assert len(splits.val) == 6_000  # val_fraction 0.1, stratified
+    assert splits.spec.class_names == names and splits.spec.num_classes == 10
+    assert splits.train.images.shape[1:] == (28, 28, 1) and splits.train.images.dtype == np.uint8
+    assert np.bincount(splits.val.labels).min() >= 500  # every class in val
+    # The mean/std in the config are those of the real training pixels.
+    mean, std = channel_stats(np.concatenate([splits.train.images, splits.val.images]))
+    assert mean == pytest.approx(list(cfg.dataset.mean), abs=5e-4)
+    assert std == pytest.approx(list(cfg.dataset.std), abs=5e-4)
+
+
+def test_digits_split_is_seeded_and_stratified():
+    cfg = config("dataset=digits")
+    a, b, c = build_splits(cfg.dataset, 0), build_splits(cfg.dataset, 0), build_splits(cfg.dataset, 1)
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+    assert np.array_equal(a.train.labels, b.train.labels) and np.array_equal(a.train.images, b.train.images)
+    assert not np.array_equal(a.test.images, c.test.images)
+    assert np.bincount(a.test.labels).min() >= 30
+    assert a.spec.mean == [0.3053] and a.spec.image_size == 8
+
+
+def test_missing_files_is_one_clear_line(tmp_path):
+    cfg = config("dataset=mnist", f"dataset.data_dir={tmp_path}", "dataset.download=false")
+    with pytest.raises(UserError) as e:
+        build_splits(cfg.dataset, 0)
+    message = str(e.value)
+    assert "\n" not in message
+    assert str(tmp_path / "MNIST" / "raw") in message  # the expected path
+    assert "train-images-idx3-ubyte" in message and "dataset.data_dir" in message  # what to put there, and the knob
+
+
+def test_missing_files_cli_prints_no_traceback(tmp_path):
+    argv = ["trainkit preview", "dataset=fashion_mnist", f"dataset.data_dir={tmp_path}", "dataset.download=false",
+            f"out={tmp_path / 'p.png'}"]
+    code = f"import sys; sys.argv={argv!r}; from trainkit.preview import main; main()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2, out
+    assert "Traceback" not in out
+    assert f"{tmp_path}/FashionMNIST/raw" in out.replace("\n", "")
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    magic = {3: 0x0803, 1: 0x0801}[array.ndim]
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_kmnist_reads_idx_files_and_computes_missing_stats(tmp_path):
+    raw = tmp_path / "KMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    cfg = config("dataset=kmnist", f"dataset.data_dir={tmp_path}", "dataset.download=false")
+    splits = build_splits(cfg.dataset, 0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (180, 20, 50)
+    assert splits.spec.class_names[:3] == ["o", "ki", "su"]
+    assert splits.spec.mean[0] == pytest.approx(0.5, abs=0.01)  # uniform noise, computed since mean is null
+    assert splits.spec.std[0] == pytest.approx(0.289, abs=0.01)
+
+
+def test_imagefolder_cifar_subset(cifar_folder):
+    cfg, splits, cache = cifar_folder
+    spec = splits.spec
+    assert spec.class_names == CIFAR_CLASSES and spec.num_classes == 10
+    assert (spec.in_channels, spec.image_size) == (3, 32)
+    assert splits.train.images.shape[1:] == (32, 32, 3)
+    assert len(splits.test) == 1017  # test/ exists: used as is
+    assert len(splits.train) + len(splits.val) == 5085  # val held out of train/
+    # Computed from the training images, close to CIFAR-10's known statistics, and cached.
+    assert spec.mean == pytest.approx([0.4914, 0.4822, 0.4465], abs=0.01)
+    assert spec.std == pytest.approx([0.2470, 0.2435, 0.2616], abs=0.01)
+    [entry] = list((cache / "imagefolder_stats").glob("*.json"))
+    assert json.loads(entry.read_text())["mean"] == spec.mean
+
+
+def test_imagefolder_trains_a_few_steps(cifar_folder):
+    from trainkit.data import build_data
+    from trainkit.models import SmallCNN
+
+    cfg, _, cache = cifar_folder
+    cfg = config("dataset=imagefolder", f"dataset.root={cfg.dataset.root}", f"dataset.cache_dir={cache}",
+                 "augmentation=flip_crop", "trainer.batch_size=64", "trainer.seed=0")
+    torch.manual_seed(0)
+    data = build_data(cfg, torch.device("cpu"))
+    spec = data.spec
+    model = SmallCNN(spec.in_channels, spec.image_size, spec.num_classes, instantiate(cfg.norm), instantiate(cfg.activation),
+                     channels=(16, 32))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data.train.set_epoch(0)
+    batches = iter(data.train)
+    fixed = data.to_device(*next(batches))
+
+    def fixed_loss():
+        model.eval()
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(model(fixed[0]), fixed[1]).item()
+
+    before = fixed_loss()
+    model.train()
+    for _ in range(10):
+        images, labels = data.to_device(*next(batches))
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.train()
+    assert np.isfinite(loss.item())
+    assert fixed_loss() < before
+
+
+def _png(path, size, color):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def test_imagefolder_single_tree_grey_resized_and_seeded(tmp_path):
+    for name, color in (("cats", (200, 10, 10)), ("dogs", (10, 200, 10))):
+        for i in range(20):
+            _png(tmp_path / "imgs" / name / f"{i}.png", (40, 30), color)  # not square, not image_size
+    overrides = ["dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", "dataset.in_channels=1",
+                 "dataset.image_size=16", "dataset.cache_dir=null", "dataset.val_fraction=0.25", "dataset.test_fraction=0.2"]
+    a = build_splits(config(*overrides).dataset, 3)
+    b = build_splits(config(*overrides).dataset, 3)
+    assert a.spec.class_names == ["cats", "dogs"] and a.spec.in_channels == 1
+    assert a.train.images.shape[1:] == (16, 16, 1)
+    assert (len(a.train), len(a.val), len(a.test)) == (24, 8, 8)
+    assert np.bincount(a.test.labels).tolist() == [4, 4]  # stratified
+    assert np.array_equal(a.train.labels, b.train.labels)
+    # class_names in the config set the label order
+    c = build_splits(config(*overrides, "dataset.class_names=[dogs,cats]").dataset, 3)
+    assert c.spec.class_names == ["dogs", "cats"]
+    grey_of = {label: c.train.images[c.train.labels == label].mean() for label in (0, 1)}
+    assert grey_of[0] > grey_of[1]  # dogs (green) are lighter in luma than cats (red)
+
+
+@pytest.mark.parametrize("layout, expected", [
+    ("missing", "is not a folder"),
+    ("empty", "has no class sub-folders"),
+    ("empty_class", "hold no images"),
+])
+def test_imagefolder_errors(tmp_path, layout, expected):
+    root = tmp_path / "data"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "empty_class":
+        _png(root / "a" / "0.png", (8, 8), (0, 0, 0))
+        (root / "b").mkdir()
+    cfg = config("dataset=imagefolder", f"dataset.root={root}", "dataset.cache_dir=null")
+    with pytest.raises(UserError, match=expected):
+        build_splits(cfg.dataset, 0)
+
+
+def test_imagefolder_root_is_required():
+    with pytest.raises(UserError, match="needs dataset.root"):
+        build_splits(config("dataset=imagefolder").dataset, 0)
+
+
+def test_every_dataset_config_composes():
+    for name in ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn", "stl10", "imagefolder"):
+        cfg = config(f"dataset={name}")
+        assert cfg.dataset.name == name
+        assert cfg.dataset.preprocess == "standardize" and cfg.dataset.loader == "auto"
+        if cfg.dataset.mean is not None:
+            assert len(cfg.dataset.mean) == len(cfg.dataset.std) == cfg.dataset.in_channels
+            assert len(cfg.dataset.class_names) == cfg.dataset.num_classes
