@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import math
+import re
 from typing import Any
 
 from hydra.utils import get_object
@@ -59,6 +60,13 @@ def describe(check) -> str:
     }.get(check, "see the YAML comments")
 
 
+def device_name(v) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None
+
+
+device_name.what = "auto, cpu, cuda or cuda:N"
+
+
 def whole(n):
     check = whole_at_least(n)
     check.what = f"a whole number >= {n}"
@@ -68,7 +76,7 @@ def whole(n):
 # Known keys of the groups that have no _target_, with a rule where a value can be wrong.
 SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {
-        "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": None,
+        "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": device_name,
         "precision": one_of("auto", "32", "bf16", "16", 32, 16), "seed": whole(0),
         "monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "on_nan": one_of("stop", "skip"),
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from trainkit.config_check import check_config
 from trainkit.errors import UserError
@@ -88,6 +88,10 @@ def first_value(o) -> str | None:
 def one_line(e: Exception, overrides: list[str]) -> str:
     """Hydra's multi-line errors, shortened to what the user needs: the key, the value, the choices."""
     text = str(e)
+    if isinstance(e, MissingMandatoryValue):
+        key = re.search(r"full_key: (\S+)", text)
+        key = key.group(1) if key else "?"
+        return f"{key} is required: set it on the command line ({key}=...) or in your config"
     if isinstance(e, MissingConfigException) or "Could not find" in text:
         m = re.search(r"Could not find '([^']+)'", text)
         missing = m.group(1) if m else "?"

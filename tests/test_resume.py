@@ -1,0 +1,117 @@
+"""Runs that survive: killed or interrupted runs resume exactly where they stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_scalars, run_trainkit
+
+ARGS = ("train", "trainer.epochs=4", "trainer.batch_size=32")
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "trainkit", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(run_dir: Path, predicate, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run_dir / "metrics.json"
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                record = None
+            if record and predicate(record):
+                return record
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+def weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("reference")
+    result = run_trainkit(*ARGS, "hydra.run.dir=full", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return cwd / "full"
+
+
+def test_sigkill_in_epoch_3_then_resume_is_bitwise_identical(reference, tmp_path):
+    proc = start(tmp_path, *ARGS, "hydra.run.dir=cut")
+    wait_for(tmp_path / "cut", lambda r: r["epochs_run"] >= 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert killed["status"] == "running" and killed["epochs_run"] == 2  # killed during epoch 3
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+    resumed = run_trainkit("train", "resume=cut", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout and "epoch 2" in resumed.stdout
+    full, cut = weights(reference), weights(tmp_path / "cut")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    a = json.loads((reference / "metrics.json").read_text())
+    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert b["status"] == "completed" and b["epochs_run"] == 4
+    assert (a["final"], a["test"], a["best"], a["best_epoch"]) == (b["final"], b["test"], b["best"], b["best_epoch"])
+
+    # The curves continue: each epoch's val/acc logged once, at the same steps as the uninterrupted run.
+    ref_scalars, cut_scalars = read_scalars(reference / "tensorboard"), read_scalars(tmp_path / "cut" / "tensorboard")
+    assert [s for s, _ in cut_scalars["val/acc"]] == [s for s, _ in ref_scalars["val/acc"]]
+    assert cut_scalars["val/acc"] == ref_scalars["val/acc"]
+    lr_steps = [s for s, _ in cut_scalars["lr"]]
+    assert lr_steps == sorted(set(lr_steps)) == [s for s, _ in ref_scalars["lr"]]
+
+
+def test_sigint_mid_epoch_saves_and_resumes_exactly(reference, tmp_path):
+    proc = start(tmp_path, *ARGS, "hydra.run.dir=cut")
+    wait_for(tmp_path / "cut", lambda r: r["epochs_run"] >= 1, proc)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "continue with: trainkit train resume=" in out
+    record = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert record["status"] == "interrupted"
+    last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["global_step"] == record["global_step"] > 0
+    resumed = run_trainkit("train", f"resume={tmp_path / 'cut' / 'checkpoints' / 'last.pt'}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    full, cut = weights(reference), weights(tmp_path / "cut")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_resume_auto_finds_the_unfinished_run_of_the_same_config(reference, tmp_path):
+    proc = start(tmp_path, *ARGS)
+    runs = tmp_path / "outputs" / "runs"
+    deadline = time.time() + 60
+    while not (runs.is_dir() and any(runs.iterdir())) and time.time() < deadline:
+        time.sleep(0.01)
+    run_dir = next(runs.iterdir())
+    wait_for(run_dir, lambda r: r["epochs_run"] >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    other = run_trainkit("train", "resume=auto", "trainer.epochs=1", cwd=tmp_path)  # another config: a new run
+    assert other.returncode == 0 and "no unfinished run of this config" in other.stdout
+    resumed = run_trainkit(*ARGS, "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from outputs/runs/{run_dir.name}" in resumed.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    full, cut = weights(reference), weights(run_dir)
+    assert all(torch.equal(full[k], cut[k]) for k in full)
