@@ -321,7 +321,7 @@ def train_steps(model, r, optimizer, criterion, steps: int = 20, batch: int = 64
 
 
 def test_l2_dropout_mixup_composes_and_trains():
-    cfg = compose_train("regularization=[l2,dropout,mixup]", "optimizer.lr=0.005")
+    cfg = compose_train("regularization=[l2,dropout,mixup]", "optimizer.lr=0.005", "model.channels=[16,32]")
     assert set(cfg.regularization) == {"l2", "dropout", "mixup"}
     model, r, optimizer, criterion = build_run(cfg)
     assert r.dropout == 0.3 and any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
