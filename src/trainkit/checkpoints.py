@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -30,13 +31,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"checkpoint {path}: refused, it holds objects other than tensors and plain data, and loading it "
-            f"could run code (weights_only=True: {first[:160]})"
-        ) from None
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it asks to call {wanted.group(1)}" if wanted else "it holds objects other than tensors and plain data"
+        raise UserError(f"checkpoint {path}: refused, {what}; loading it could run code (a checkpoint is read as data only)") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UserError(f"checkpoint {path}: truncated or corrupt, not a readable torch file ({str(e).splitlines()[0][:120]})") from None
+        reason = str(e).splitlines()[0].split(". ")[0][:120] if str(e) else type(e).__name__
+        raise UserError(f"checkpoint {path}: truncated or corrupt, not a readable torch file ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"checkpoint {path}: not a trainkit checkpoint (no '{FORMAT}' format marker)")
     missing = [k for k in REQUIRED_KEYS if k not in payload]

@@ -78,6 +78,7 @@ def drop_subcommand_from_completion_line() -> None:
 def prepare_train(args: list[str]) -> list[str]:
     """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
     from trainkit import preflight
+    from trainkit.checkpoints import load_checkpoint
     from trainkit.config_check import config_hash
     from trainkit.resume import find_resumable, original_overrides, resolve_resume_target
 
@@ -97,6 +98,7 @@ def prepare_train(args: list[str]) -> list[str]:
         resume = str(run_dir)
     if resume and resume != "null":
         run_dir, checkpoint = resolve_resume_target(resume)
+        load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
         overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
         preflight.compose_checked(overrides)
         return [*flags, *overrides]

@@ -67,6 +67,13 @@ def device_name(v) -> bool:
 device_name.what = "auto, cpu, cuda or cuda:N"
 
 
+def precision(v) -> bool:
+    return str(v) in ("auto", "32", "bf16", "16")
+
+
+precision.what = "auto, 32, bf16 or 16"
+
+
 def whole(n):
     check = whole_at_least(n)
     check.what = f"a whole number >= {n}"
@@ -77,7 +84,7 @@ def whole(n):
 SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {
         "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": device_name,
-        "precision": one_of("auto", "32", "bf16", "16", 32, 16), "seed": whole(0),
+        "precision": precision, "seed": whole(0),
         "monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "on_nan": one_of("stop", "skip"),
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
         "limit_val_batches": optional(whole(1)), "progress": one_of("auto", True, False),

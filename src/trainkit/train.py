@@ -179,6 +179,11 @@ def remove_if_empty_run(run_dir: Path) -> None:
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
     if leftovers <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in list(run_dir.parents)[:2]:  # outputs/runs and outputs, if this run made them
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 @hydra.main(version_base=None, config_path="pkg://trainkit.configs", config_name="train")
