@@ -98,9 +98,9 @@ def prepare_train(args: list[str]) -> list[str]:
         resume = str(run_dir)
     if resume and resume != "null":
         run_dir, checkpoint = resolve_resume_target(resume)
-        load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
+        payload = load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
         overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
-        preflight.compose_checked(overrides)
+        preflight.check_model_fits(preflight.compose_checked(overrides).cfg, payload, checkpoint)
         return [*flags, *overrides]
     preflight.check_all(overrides, multirun)
     return args

@@ -37,6 +37,13 @@ def in_unit_interval_half_open(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
 
 
+def probability(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+
+probability.what = "a number in [0, 1]"
+
+
 def non_negative(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
 
@@ -115,6 +122,13 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
     "dropout": {"p": in_unit_interval_half_open},
     "l2": {"weight_decay": non_negative, "coupling": one_of("optimizer", "loss")},
     "label_smoothing": {"epsilon": in_unit_interval_half_open},
+    "l1": {"weight": non_negative},
+    "elastic_net": {"l1": non_negative, "beta": non_negative},
+    "mixup": {"alpha": positive},
+    "cutmix": {"alpha": positive, "switch_prob": probability},
+    "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "patience": whole(1),
+                       "min_delta": non_negative},
+    "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive},
 }
 
 
@@ -142,6 +156,10 @@ def check_config(cfg: DictConfig) -> None:
         for key, rule in rules.items():
             if key in node and not rule(node[key]):
                 raise allowed(f"regularization.{name}.{key}", node[key], describe(rule))
+    dataset = cfg.get("dataset") or {}
+    if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
+        raise UserError("dataset.balanced_sampler=true with dataset.class_weights=auto corrects the class imbalance twice "
+                        "(rare classes would then outweigh common ones); choose one of them")
 
 
 # Keys the run consumes itself before calling the target.

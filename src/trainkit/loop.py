@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 
@@ -120,6 +122,7 @@ class Trainer:
             logits = self.model(images)
             loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
             loss.backward()
+            self.regularizers.clip_gradients(self.model)
             first.setdefault("loss", loss.detach())
             first.setdefault("logits", logits.detach())
             return loss
@@ -191,6 +194,7 @@ class Trainer:
             "rng": capture_rng_states(),
             "metrics": dict(metrics),
             "config": self.config,
+            "data_spec": asdict(self.data.spec),  # the model's sizes, so a resume can check the fit up front
         }
 
     def restore(self, payload: dict) -> None:

@@ -17,6 +17,8 @@ from trainkit.errors import UserError
 from trainkit.lookahead import Lookahead
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+# PReLU slopes are not decayed either (He et al. 2015 train them without weight decay).
+NO_DECAY_MODULES = NORM_TYPES + (nn.PReLU,)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float | None, exclude_bias_and_norm: bool) -> list[dict]:
@@ -26,7 +28,7 @@ def parameter_groups(model: nn.Module, weight_decay: float | None, exclude_bias_
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
-            exempt = exclude_bias_and_norm and (name == "bias" or isinstance(module, NORM_TYPES))
+            exempt = exclude_bias_and_norm and (name == "bias" or isinstance(module, NO_DECAY_MODULES))
             (no_decay if exempt else decay).append(p)
     main = {"params": decay} if weight_decay is None else {"params": decay, "weight_decay": float(weight_decay)}
     groups = [main]

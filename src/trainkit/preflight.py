@@ -44,6 +44,19 @@ def compose_checked(overrides: list[str]) -> Composed:
     return Composed(job_cfg, run_dir, params or {})
 
 
+def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
+    """Build the configured model and load the checkpoint's weights into it, before any file is written."""
+    from trainkit.checkpoints import load_model_state
+    from trainkit.datasets import DataSpec
+    from trainkit.train import build_model
+
+    if "data_spec" not in payload:
+        return
+    spec = DataSpec(**payload["data_spec"])
+    dropout = float(cfg.regularization.get("dropout", {}).get("p", 0.0)) if cfg.regularization else 0.0
+    load_model_state(build_model(cfg, spec, dropout), payload["model"], checkpoint)
+
+
 def check_all(overrides: list[str], multirun: bool) -> None:
     """Compose the plain overrides; in a sweep also each value of each swept key once."""
     if not multirun:
