@@ -90,3 +90,24 @@ def test_bad_transform_argument_names_the_key():
 def test_not_a_transform_is_refused():
     with pytest.raises(UserError, match="not an albumentations transform"):
         build_pipeline([{"_target_": "builtins.dict"}], "augmentation.train")
+
+
+def test_a_pipeline_that_changes_the_image_size_is_refused():
+    cfg = config("dataset=digits", "augmentation=none",
+                 "augmentation.train=[{_target_: albumentations.RandomCrop, height: 6, width: 6}]")
+    with pytest.raises(UserError, match=r"augmentation.train turns 8x8x1 images into 6x6x1.*dataset.image_size=8"):
+        build_data(cfg, torch.device("cpu"))
+    cfg = config("dataset=digits", "augmentation=none",
+                 "augmentation.eval=[{_target_: albumentations.RandomCrop, height: 16, width: 16}]")
+    with pytest.raises(UserError, match=r"augmentation.eval fails on a 8x8x1 training image: CropSizeError"):
+        build_data(cfg, torch.device("cpu"))
+
+
+def test_the_readme_example_pipeline_works():
+    cfg = config("dataset=cifar10", "augmentation=none", "augmentation.train=["
+                 "{_target_: albumentations.Rotate, limit: 10, border_mode: 0, p: 0.5},"
+                 "{_target_: albumentations.RandomBrightnessContrast, brightness_limit: 0.2, contrast_limit: 0.2},"
+                 "{_target_: albumentations.HorizontalFlip, p: 0.5}]")
+    pipeline = build_pipeline(cfg.augmentation.train, "augmentation.train")
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert augment(pipeline, image, seed=1).shape == (3, 32, 32)

@@ -53,6 +53,20 @@ class Data:
         return torch.stack(images), torch.tensor(labels)
 
 
+def check_output_shape(pipeline, image: np.ndarray, spec: DataSpec, key: str) -> None:
+    """The model is built for image_size x image_size x in_channels: a pipeline must keep that."""
+    try:
+        out = augment(pipeline, image, seed=0)
+    except Exception as e:  # a transform that cannot handle these images (size, channels)
+        raise UserError(f"{key} fails on a {'x'.join(map(str, image.shape))} training image: "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    want = (spec.in_channels, spec.image_size, spec.image_size)
+    if tuple(out.shape) != want:
+        raise UserError(f"{key} turns {spec.image_size}x{spec.image_size}x{spec.in_channels} images into "
+                        f"{out.shape[1]}x{out.shape[2]}x{out.shape[0]}; the model is built for dataset.image_size="
+                        f"{spec.image_size}: end the pipeline at that size (e.g. a Resize or RandomCrop to it)")
+
+
 def resolve_workers(value) -> int:
     if value == "auto":
         return default_workers()
@@ -121,6 +135,8 @@ def build_data(cfg, device: torch.device) -> Data:
     spec = splits.spec
     train_pipeline = build_pipeline(cfg.augmentation.train, "augmentation.train")
     eval_pipeline = build_pipeline(cfg.augmentation.eval, "augmentation.eval")
+    for key, pipeline in (("augmentation.train", train_pipeline), ("augmentation.eval", eval_pipeline)):
+        check_output_shape(pipeline, splits.train.images[0], spec, key)
     counts_weights = class_weights(splits.train.labels, spec.num_classes)
     sampler_weights = counts_weights[torch.from_numpy(splits.train.labels)] if cfg.dataset.balanced_sampler else None
     loss_weights = _loss_weights(cfg.dataset.class_weights, counts_weights)
