@@ -21,8 +21,9 @@ class RunRecord(Callback):
         self.data = {
             "status": RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
             "final": {}, "test": {}, "epochs_run": 0, "global_step": 0, "wall_time_s": 0.0,
-            "config_hash": config_hash, "overrides": overrides, "message": None,
+            "config_hash": config_hash, "overrides": overrides, "message": None, "epoch_seconds": [],
         }
+        self._epoch_started = time.time()
 
     @classmethod
     def read(cls, run_dir: Path) -> dict | None:
@@ -36,6 +37,10 @@ class RunRecord(Callback):
 
     def resume_from(self, previous: dict) -> None:
         self.started -= previous.get("wall_time_s", 0.0)
+        self.data["epoch_seconds"] = list(previous.get("epoch_seconds", []))
+
+    def on_fit_start(self, trainer) -> None:
+        self._epoch_started = time.time()
 
     def update(self, **fields) -> None:
         self.data.update(fields)
@@ -44,5 +49,8 @@ class RunRecord(Callback):
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         best = trainer.callbacks.get("best_checkpoint")
+        now = time.time()
+        self.data["epoch_seconds"].append(round(now - self._epoch_started, 3))  # train + validation
+        self._epoch_started = now
         self.update(epochs_run=trainer.epoch, global_step=trainer.global_step, final=dict(metrics),
                     best=getattr(best, "best", None), best_epoch=getattr(best, "best_epoch", None))
