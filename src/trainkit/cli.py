@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
             rest = prepare_train(rest)
     except UserError as e:
         fail(str(e))
-    sys.argv = [f"trainkit {command}", *rest]
+    completing = any(a.split("=")[0] in ("-sc", "--shell-completion") for a in rest)
+    # Hydra's completion script registers itself for sys.argv[0]: that must be the command itself.
+    sys.argv = ["trainkit" if completing else f"trainkit {command}", *rest]
     module = __import__(APPS[command], fromlist=["main"])
     module.main()
     if command == "train":
