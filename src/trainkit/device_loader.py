@@ -142,38 +142,38 @@ def batched_ops(pipeline: A.Compose, image_shape: tuple[int, int, int], key: str
     ops = []
     for i, t in enumerate(user_transforms(pipeline)):
         name = f"{key}[{i}] ({type(t).__name__})"
-        kind = type(t).__name__
-        if kind in ("HorizontalFlip", "VerticalFlip"):
-            ops.append(Flip(3 if kind == "HorizontalFlip" else 2, t.p))
-        elif kind in ("Pad", "PadIfNeeded"):
+        kind = type(t)  # the exact class: a subclass may draw differently
+        if kind in (A.HorizontalFlip, A.VerticalFlip):
+            ops.append(Flip(3 if kind is A.HorizontalFlip else 2, t.p))
+        elif kind in (A.Pad, A.PadIfNeeded):
             _always(t, name)
-            if kind == "PadIfNeeded" and t.position != "center":
+            if kind is A.PadIfNeeded and t.position != "center":
                 raise NotBatchable(f"{name} with position={t.position!r} (only center is batched)")
             if t.border_mode not in TORCH_PAD_MODES:
                 raise NotBatchable(f"{name} with border_mode={t.border_mode} (batched: 0 constant, 1 replicate, 4 reflect_101)")
             pads = t.get_params_dependent_on_data({"shape": (h, w, c)}, {})
             top, bottom, left, right = (int(pads[k]) for k in ("pad_top", "pad_bottom", "pad_left", "pad_right"))
             mode = TORCH_PAD_MODES[t.border_mode]
-            if mode == "reflect" and max(top, bottom) >= h or mode == "reflect" and max(left, right) >= w:
-                raise NotBatchable(f"{name}: reflect padding wider than the image")
+            if mode == "reflect" and (max(top, bottom) >= h or max(left, right) >= w):
+                raise NotBatchable(f"{name}: reflect padding as wide as the image")
             ops.append(Pad(top, bottom, left, right, mode, _scalar_fill(t.fill, name) if mode == "constant" else 0))
             h, w = h + top + bottom, w + left + right
-        elif kind in ("RandomCrop", "CenterCrop"):
+        elif kind in (A.RandomCrop, A.CenterCrop):
             _always(t, name)
             if t.pad_if_needed:
                 raise NotBatchable(f"{name} with pad_if_needed=true (use Pad or PadIfNeeded before it)")
             if t.height > h or t.width > w:
                 raise UserError(f"{name}: a {t.height}x{t.width} crop does not fit the {h}x{w} image; pad first")
-            ops.append((RandomCrop if kind == "RandomCrop" else CenterCrop)(t.height, t.width))
+            ops.append((RandomCrop if kind is A.RandomCrop else CenterCrop)(t.height, t.width))
             h, w = t.height, t.width
-        elif kind == "CoarseDropout":
+        elif kind is A.CoarseDropout:
             if isinstance(t.fill, str):
                 raise NotBatchable(f"{name} with fill={t.fill!r} (only a number or one number per channel is batched)")
             fill = t.fill
             if not isinstance(fill, (int, float)) and len(fill) not in (1, c):
                 raise NotBatchable(f"{name} with {len(fill)} fill values for {c} channels")
             ops.append(Cutout(t.num_holes_range, t.hole_height_range, t.hole_width_range, fill, t.p))
-        elif kind == "NoOp":
+        elif kind is A.NoOp:
             continue
         else:
             raise NotBatchable(f"{name} has no batched equivalent")
