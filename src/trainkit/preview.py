@@ -17,12 +17,14 @@ def write_preview(cfg: DictConfig) -> Path:
     """Build the data as `trainkit train` would (on the CPU) and save n augmented images."""
     from PIL import Image
 
+    from trainkit.config_check import check_config
     from trainkit.data import build_data
     from trainkit.image_grid import make_grid_with_labels
     from trainkit.progress import console
 
-    if int(cfg.n) < 1:
-        raise UserError(f"n={cfg.n} is not allowed: a whole number >= 1")
+    check_config(cfg)  # the same checks as `trainkit train`: a misspelt key fails here too
+    if not isinstance(cfg.n, int) or cfg.n < 1:
+        raise UserError(f"n={cfg.n!r} is not allowed: a whole number >= 1")
     with open_dict(cfg):
         cfg.dataset.preprocess = "none"  # the grid shows pixels before preprocessing; no ZCA fit needed
     data = build_data(cfg, torch.device("cpu"))
