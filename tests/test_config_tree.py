@@ -20,7 +20,7 @@ from trainkit.train import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("dataset", "augmentation", "model", "norm", "activation", "init", "optimizer", "schedule", "regularization",
-          "trainer", "logger", "paths", "experiment", "debug")
+          "trainer", "logger", "paths", "experiment", "debug", "hparams_search")
 EXTRA = {("dataset", "imagefolder"): ["dataset.root=/somewhere"]}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from conftest import run_trainkit
 
 
@@ -43,3 +45,15 @@ def test_failed_job_does_not_stop_the_sweep(tmp_path):
     assert "the training loss became nan at step 2 (epoch 1)" in rows["1"]["message"]
     assert not (sweep / "1" / "checkpoints" / "best.pt").exists()
     assert "did not complete" in result.stderr
+
+
+def test_optuna_search_maximises_the_returned_metric(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper not installed")
+    result = run_trainkit("train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
+    best = max(float(r["best val/acc"]) for r in rows)
+    # Optuna was told the value each run returned, and reports the largest one as the best.
+    assert f"Best value: {best}" in result.stdout + result.stderr

@@ -66,14 +66,15 @@ def check_all(overrides: list[str], multirun: bool) -> None:
     base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
     base = [b for b in base if b is not None]
     composed = compose_checked(base)
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override() and not o.is_interval_sweep():
-            for value in o.sweep_string_iterator():
-                trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
-                compose_checked(trial)
-    for key, values in composed.sweep_params.items():
-        for value in str(values).split(","):
-            compose_checked([*base, f"{key}={value.strip()}"])
+    swept = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override()]
+    # Sweeps an experiment or hparams_search config defines (hydra.sweeper.params) are checked too.
+    swept += [(None, o) for o in parse([f"{k}={v}" for k, v in composed.sweep_params.items()])]
+    for i, o in swept:
+        if o.is_interval_sweep():
+            continue  # a continuous range: nothing to enumerate
+        for value in o.sweep_string_iterator():
+            trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
+            compose_checked(trial)
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
