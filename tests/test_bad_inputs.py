@@ -48,6 +48,15 @@ CASES = [
      "use download=True to download it); put the unpacked idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
      "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there, or set dataset.data_dir (or TRAINKIT_DATA_DIR) to the folder "
      "that holds MNIST/raw"),
+    (["augmentation.train=[{_target_: albumentations.HorizontalFlip, q: 2}]"],
+     "augmentation.train[0].q: unknown key for albumentations.HorizontalFlip; allowed: p"),
+    (["augmentation.train=[{_target_: albumentations.HorizontalFlip, p: 2}]"],
+     "augmentation.train[0] (albumentations.HorizontalFlip): p=2 is not allowed: input should be less than or equal to 1"),
+    (["augmentation.train=[{_target_: albumentations.Flipp}]"],
+     "augmentation.train[0]._target_='albumentations.Flipp' is not allowed: an importable class or function"),
+    (["dataset.balanced_sampler=true", "dataset.class_weights=auto"],
+     "dataset.balanced_sampler=true with dataset.class_weights=auto corrects the class imbalance twice (rare classes "
+     "would then outweigh common ones); choose one of them"),
     (["resume=/nonexistent"], "resume=/nonexistent: no such run folder or checkpoint file"),
     (["resume=trunc.pt"], "checkpoint trunc.pt: truncated or corrupt, not a readable torch file (PytorchStreamReader failed "
                           "reading zip archive: failed finding central directory)"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import random
 
 import albumentations as A
@@ -25,8 +27,7 @@ def build_pipeline(transforms, key: str) -> A.Compose:
             built.append(instantiate(t, _convert_="all"))
         except Exception as e:  # albumentations validates its arguments with pydantic
             target = t.get("_target_", "?") if isinstance(t, (dict, DictConfig)) else t
-            reason = " ".join(line.strip() for line in str(e).splitlines()[:3])
-            raise UserError(f"{key}[{i}] ({target}): {reason}") from None
+            raise UserError(f"{key}[{i}] ({target}): {argument_problem(e)}") from None
         if not isinstance(built[-1], (A.BasicTransform, A.BaseCompose)):
             raise UserError(f"{key}[{i}]: {type(built[-1]).__name__} is not an albumentations transform")
     return A.Compose(built + [A.ToTensorV2()])
@@ -50,3 +51,19 @@ def seed_pipeline(pipeline: A.Compose, seed: int) -> None:
 def augment(pipeline: A.Compose, image: np.ndarray, seed: int):
     seed_pipeline(pipeline, seed)
     return pipeline(image=image)["image"]
+
+
+def argument_problem(error: Exception) -> str:
+    """The first argument pydantic rejected, as `name=value is not allowed: why`, else the first line."""
+    text = str(error).replace("\\n", "\n")
+    found = re.search(r"validation errors? for \w+\n(\w+)\n\s+(.+?) \[type=[^,]*, input_value=(.+?), input_type", text)
+    if found:
+        name, why, value = found.groups()
+        return f"{name}={value} is not allowed: {why[0].lower()}{why[1:]}"
+    missing = re.search(r"Error locating target '([^']+)'", text)
+    if missing:
+        return f"there is no class {missing.group(1)} to build"
+    unexpected = re.search(r"got an unexpected keyword argument '(\w+)'", text)
+    if unexpected:
+        return f"{unexpected.group(1)}: not an argument of this transform"
+    return text.strip().splitlines()[0][:200]

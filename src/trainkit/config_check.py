@@ -103,7 +103,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "mean": None, "std": None, "preprocess": one_of("standardize", "center", "none", "zca"),
         "loader": one_of("auto", "device", "workers"), "workers": None,
         "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
-        "zca_epsilon": positive, "max_device_bytes": None,
+        "zca_epsilon": positive,
     },
     "augmentation": {"train": None, "eval": None},
     "logger": {"tensorboard": None},
@@ -149,6 +149,10 @@ def check_config(cfg: DictConfig) -> None:
         node = cfg.get(group)
         if node is not None:
             check_target_node(group, node, TARGET_RULES.get(group, {}), EXTRA_KEYS.get(group, set()))
+    for split in ("train", "eval"):
+        for i, transform in enumerate((cfg.get("augmentation") or {}).get(split) or []):
+            if isinstance(transform, DictConfig):
+                check_target_node(f"augmentation.{split}[{i}]", transform, {})
     for name, node in (cfg.get("regularization") or {}).items():
         rules = REGULARIZATION_RULES.get(name, {})
         if not isinstance(node, DictConfig):

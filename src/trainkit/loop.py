@@ -195,6 +195,7 @@ class Trainer:
             "metrics": dict(metrics),
             "config": self.config,
             "data_spec": asdict(self.data.spec),  # the model's sizes, so a resume can check the fit up front
+            "preprocess": self.data.preprocess.state_dict(),  # the input transform (e.g. a fitted ZCA matrix)
         }
 
     def restore(self, payload: dict) -> None:

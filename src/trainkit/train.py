@@ -114,7 +114,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     console.print(f"run dir: {run_dir}")
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
     console.print(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
-                  f"{len(data.splits.test)} test, loader={data.loader_kind} ({data.loader_reason}); device={device}, {precision}")
+                  f"{len(data.splits.test)} test; device={device}, {precision}")
     record.update(status="running")
     with stop_request:
         status = trainer.fit()
