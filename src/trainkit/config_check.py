@@ -8,13 +8,13 @@ problem is one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 import math
 import re
 from typing import Any
 
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit.errors import UserError, allowed
@@ -175,10 +175,9 @@ def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] 
     target = node.get("_target_")
     if target is None:
         return
-    try:
-        obj = get_object(target)
-    except Exception:
-        raise allowed(f"{path}._target_", target, "an importable class or function") from None
+    obj = locate(target)
+    if obj is None:
+        raise allowed(f"{path}._target_", target, "an importable class or function")
     accepted, takes_kwargs = signature_keys(obj)
     for key in node:
         if key.startswith("_") and key.endswith("_"):
@@ -192,6 +191,15 @@ def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] 
         rule = rules.get(key)
         if rule is not None and not rule(value):
             raise allowed(f"{path}.{key}", value, describe(rule))
+
+
+def locate(dotted: str):
+    """The object at a dotted path, or None (quietly: Hydra's get_object logs its failures)."""
+    module, _, name = str(dotted).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 SUPPLIED_BY_RUN = {"self", "params", "optimizer", "horizon", "in_channels", "image_size", "num_classes", "norm",
