@@ -23,6 +23,24 @@ def require_shared(*parts: str) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """For tests of tiny tensors: a second intra-op thread only adds hand-off cost (10x on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def compose_train():
+    """compose(*overrides) -> the train config, as the CLI composes it (real Hydra)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="trainkit.configs", version_base=None):
+        yield lambda *overrides: compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
 def shared_data() -> Path:
     return require_shared()
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from torch import nn
 
 import trainkit.configs
@@ -31,19 +30,7 @@ GRADS = [torch.tensor(g, dtype=torch.float64) for g in
           [-0.1, -0.2, 0.3], [0.2, 0.2, -0.2], [0.1, -0.4, 0.1], [-0.3, 0.1, 0.0])]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tensors here are tiny: a second thread only adds hand-off cost (10x on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def compose_train():
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        yield lambda *overrides: compose(config_name="train", overrides=list(overrides))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tiny(nn.Module):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import trainkit.configs
@@ -26,18 +25,12 @@ EPOCHS = 6
 TOTAL = SPE * EPOCHS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def schedule_cfg():
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        yield lambda name, *knobs: compose(config_name="train", overrides=[f"schedule={name}", *knobs]).schedule
+def schedule_cfg(compose_train):
+    return lambda name, *knobs: compose_train(f"schedule={name}", *knobs).schedule
 
 
 def sgd(lr: float = A0, momentum: float = 0.0) -> torch.optim.SGD:
