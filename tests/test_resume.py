@@ -115,3 +115,28 @@ def test_resume_auto_finds_the_unfinished_run_of_the_same_config(reference, tmp_
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
     full, cut = weights(reference), weights(run_dir)
     assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    proc = start(tmp_path, *ARGS, "hydra.run.dir=cut")
+    wait_for(tmp_path / "cut", lambda r: r["epochs_run"] >= 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "SIGTERM: finishing the current step, then saving last.pt" in out
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["status"] == "interrupted"
+    assert (tmp_path / "cut" / "checkpoints" / "last.pt").is_file()
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    # A big batch on a ResNet makes each step long, so the second signal lands inside the step.
+    proc = start(tmp_path, "train", "model=resnet", "trainer.batch_size=1024", "hydra.run.dir=cut")
+    wait_for(tmp_path / "cut", lambda r: r["status"] == "running", proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "SIGINT again: exiting now, without saving." in out
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["status"] == "running"

@@ -123,3 +123,21 @@ def test_run_dir_override_is_used(tmp_path):
     again = run_trainkit("train", "trainer.epochs=1", "hydra.run.dir=my_run", cwd=tmp_path)
     assert again.returncode == 2
     assert "already holds a run" in again.stderr
+
+
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
+    result = run_trainkit("train", "optimizer=sgd", "norm=none", "optimizer.lr=1e12", "trainer.epochs=2",
+                          "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "diverged"
+    assert record["message"].startswith("the training loss became nan at step 2 (epoch 1)")
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_nan_loss_skip_drops_the_update_and_goes_on(tmp_path):
+    result = run_trainkit("train", "optimizer=sgd", "norm=none", "optimizer.lr=1e12", "trainer.epochs=2",
+                          "trainer.on_nan=skip", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["epochs_run"] == 2
