@@ -51,6 +51,7 @@ def test_hparams_are_logged_for_the_hparams_tab(default_run):
     _, run_dir, _ = default_run
     acc = EventAccumulator(str(run_dir / "tensorboard"))
     acc.Reload()
+    assert "train/augmented_images" in acc.Tags()["images"]  # the grid of what the model sees
     content = acc.PluginTagToContent("hparams")
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert info.hparams["optimizer"].string_value == "adam"
