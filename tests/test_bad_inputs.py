@@ -64,9 +64,22 @@ CASES = [
                          "(a checkpoint is read as data only)"),
     (["resume=foreign.pt"], f"checkpoint foreign.pt: not a trainkit checkpoint (no '{FORMAT}' format marker)"),
     (["resume=mlp_run", "model.hidden=[32,16]"],
-     "checkpoint mlp_run/checkpoints/last.pt: does not fit this model: shape mismatch in 11 tensors: features.1.weight "
-     "(256, 64) vs model (32, 64); features.2.weight (256,) vs model (32,); features.2.bias (256,) vs model (32,); "
-     "features.2.running_mean (256,) vs model (32,)"),
+     "model.hidden=[32, 16] is not allowed on resume: the run in mlp_run/checkpoints/last.pt was trained with "
+     "model.hidden=[256, 128], and a resumed run continues the same training; start a new run to change it"),
+    (["resume=mlp_run", "optimizer.lr=0.1"],
+     "optimizer.lr=0.1 is not allowed on resume: the run in mlp_run/checkpoints/last.pt was trained with "
+     "optimizer.lr=0.001, and a resumed run continues the same training; start a new run to change it"),
+    (["resume=mlp_run", "trainer.epochs=5"],
+     "trainer.epochs=5 is not allowed on resume: the run was planned for 1 epochs and its schedule (cosine) follows "
+     "that length; start a new run, or use a schedule without a planned length (e.g. step, plateau) to extend runs"),
+    (["optimizer=lbfgs", "regularization=[dropout]"],
+     "regularization=dropout is not allowed with optimizer=lbfgs: its line search needs the same loss at every "
+     "evaluation; drop it (l2, l1, elastic_net and label_smoothing are fine)"),
+    (["schedule.warmup_epochs=20", "trainer.epochs=2"],
+     "a warmup of 420 steps is not allowed in a run of 42 steps (2 epochs x 21): lower schedule.warmup_epochs or "
+     "schedule.warmup_steps"),
+    (["optimizer=nesterov", "optimizer.momentum=0"],
+     "optimizer (torch.optim.SGD): Nesterov momentum requires a momentum and zero dampening"),
     (["resume=auto", "-m", "optimizer=sgd,adam"], "resume=auto is not allowed with -m: resume one run at a time"),
     (["hydra.run.dir=mlp_run"], "hydra.run.dir='mlp_run' already holds a run; choose another folder, or continue that run "
                                 "with resume=mlp_run"),

@@ -142,3 +142,19 @@ def test_nan_loss_skip_drops_the_update_and_goes_on(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "completed" and record["epochs_run"] == 2
+
+
+def test_own_config_folder_adds_an_option_and_resume_keeps_it(tmp_path):
+    (tmp_path / "my_configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "my_configs" / "optimizer" / "fast_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlr: 0.2\n")
+    result = run_trainkit("train", "--config-dir", "my_configs", "optimizer=fast_sgd", "trainer.epochs=1",
+                          "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["config"]["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2}
+    # The run records where its options came from, so resuming it needs no --config-dir.
+    again = run_trainkit("train", "resume=run", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from run/checkpoints/last.pt: epoch 1" in again.stdout
+    unknown = run_trainkit("train", "optimizer=fast_sgd", cwd=tmp_path)
+    assert unknown.returncode == 2 and "optimizer=fast_sgd is not allowed" in unknown.stderr

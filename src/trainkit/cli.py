@@ -79,32 +79,42 @@ def drop_subcommand_from_completion_line() -> None:
 
 def prepare_train(args: list[str]) -> list[str]:
     """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
+    from hydra._internal.utils import get_args_parser
+
     from trainkit import preflight
     from trainkit.checkpoints import load_checkpoint
     from trainkit.config_check import config_hash
-    from trainkit.resume import find_resumable, original_overrides, resolve_resume_target
+    from trainkit.resume import find_resumable, original_config_dirs, original_overrides, resolve_resume_target
 
-    flags = [a for a in args if a.startswith("-")]
-    overrides = [a for a in args if not a.startswith("-")]
+    parsed, _ = get_args_parser().parse_known_intermixed_args(args)
+    overrides = list(parsed.overrides or [])
+    options = [a for a in args if a not in overrides]  # Hydra's own flags, passed on as given
+    config_dirs = [str(Path(parsed.config_dir).resolve())] if parsed.config_dir else []
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     overrides = [o for o in overrides if not o.startswith("resume=")]
-    multirun = "-m" in flags or "--multirun" in flags
-    if resume and multirun:
+    if resume and parsed.multirun:
         raise UserError(f"resume={resume} is not allowed with -m: resume one run at a time")
     if resume == "auto":
-        cfg = preflight.compose_checked(overrides).cfg
+        cfg = preflight.compose_checked(overrides, config_dirs).cfg
         run_dir = find_resumable(Path(cfg.paths.output_root), config_hash(cfg))
         if run_dir is None:
             print(f"resume=auto: no unfinished run of this config under {cfg.paths.output_root}/runs; starting a new run")
-            return args_without_resume(args)
+            return [*options, *overrides]
         resume = str(run_dir)
     if resume and resume != "null":
         run_dir, checkpoint = resolve_resume_target(resume)
         payload = load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
-        overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
-        preflight.check_model_fits(preflight.compose_checked(overrides).cfg, payload, checkpoint)
-        return [*flags, *overrides]
-    preflight.check_all(overrides, multirun)
+        if run_dir is None:  # a checkpoint file from elsewhere: its weights and state start a new run folder
+            overrides = [*overrides, f"resume={checkpoint}"]
+        else:
+            if not config_dirs:
+                config_dirs = original_config_dirs(run_dir)
+                options += [f"--config-dir={d}" for d in config_dirs[:1]]
+            overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
+        composed = preflight.compose_checked(overrides, config_dirs)
+        preflight.check_resumable(composed.cfg, payload, checkpoint)
+        return [*options, *overrides]
+    preflight.check_all(overrides, parsed.multirun, config_dirs)
     return args
 
 

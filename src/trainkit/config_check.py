@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.errors import UserError, allowed
 from trainkit.metrics import MONITORABLE
+from trainkit.schedules import WARMUP_KEYS
 
 
 def positive(v) -> bool:
@@ -71,7 +72,7 @@ def device_name(v) -> bool:
     return isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None
 
 
-device_name.what = "auto, cpu, cuda or cuda:N"
+device_name.what = "auto, cpu, cuda, cuda:N or mps"
 
 
 def precision(v) -> bool:
@@ -128,7 +129,7 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
     "cutmix": {"alpha": positive, "switch_prob": probability},
     "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "patience": whole(1),
                        "min_delta": non_negative},
-    "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive},
+    "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive, "norm_type": positive},
 }
 
 
@@ -160,6 +161,10 @@ def check_config(cfg: DictConfig) -> None:
         for key, rule in rules.items():
             if key in node and not rule(node[key]):
                 raise allowed(f"regularization.{name}.{key}", node[key], describe(rule))
+    image_grid = OmegaConf.select(cfg, "logger.tensorboard.image_grid")
+    if image_grid is not None and not whole(0)(image_grid):
+        raise allowed("logger.tensorboard.image_grid", image_grid, "a whole number >= 0 (0: no image grid)")
+    check_lbfgs_is_noise_free(cfg)
     dataset = cfg.get("dataset") or {}
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
         raise UserError("dataset.balanced_sampler=true with dataset.class_weights=auto corrects the class imbalance twice "
@@ -167,7 +172,27 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # Keys the run consumes itself before calling the target.
-EXTRA_KEYS = {"schedule": {"warmup_epochs", "warmup_steps", "warmup_start_factor"}}
+EXTRA_KEYS = {"schedule": set(WARMUP_KEYS)}
+
+
+LBFGS = "torch.optim.LBFGS"
+NOISE_SOURCES = ("dropout", "mixup", "cutmix", "grad_clip")
+
+
+def check_lbfgs_is_noise_free(cfg: DictConfig) -> None:
+    """L-BFGS's line search assumes the same loss at every evaluation of a step: no noise sources."""
+    optimizer = cfg.get("optimizer") or {}
+    if LBFGS not in (optimizer.get("_target_"), OmegaConf.select(optimizer, "base._target_")):
+        return
+    for name in NOISE_SOURCES:
+        if name in (cfg.get("regularization") or {}):
+            raise UserError(f"regularization={name} is not allowed with optimizer=lbfgs: its line search needs the same loss "
+                            "at every evaluation; drop it (l2, l1, elastic_net and label_smoothing are fine)")
+    if (cfg.get("augmentation") or {}).get("train"):
+        raise UserError("augmentation.train is not allowed with optimizer=lbfgs: augmentation makes the full-batch loss "
+                        "random; use augmentation=none")
+    if OmegaConf.select(cfg, "trainer.on_nan") == "skip":
+        raise UserError("trainer.on_nan=skip is not allowed with optimizer=lbfgs: use trainer.on_nan=stop")
 
 
 def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] = frozenset()) -> None:
@@ -217,6 +242,7 @@ def signature_keys(obj) -> tuple[set[str], bool]:
 
 
 HASH_IGNORED = ("resume", "paths", "task_name")
+HASH_IGNORED_DATASET = ("data_dir", "cache_dir", "workers", "download")  # where data lives, not what is trained
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -225,4 +251,6 @@ def config_hash(cfg: DictConfig) -> str:
     for key in HASH_IGNORED:
         container.pop(key, None)
     container.get("trainer", {}).pop("progress", None)
+    for key in HASH_IGNORED_DATASET:
+        container.get("dataset", {}).pop(key, None)
     return hashlib.sha1(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -32,6 +32,10 @@ class Data:
     train_pipeline: object
     loss_weights: torch.Tensor | None
 
+    def close(self) -> None:
+        for loader in (self.train, self.val, self.test):
+            getattr(loader, "close", lambda: None)()
+
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images = images.to(self.device, non_blocking=True)
         return self.preprocess(images), labels.to(self.device, non_blocking=True)
@@ -154,7 +158,8 @@ def build_data(cfg, device: torch.device) -> Data:
         # An empty eval pipeline is only a tensor conversion: not worth worker processes.
         eval_workers = workers if len(cfg.augmentation.eval or []) else 0
         val = WorkerLoader(splits.val, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin)
-        test = WorkerLoader(splits.test, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin)
+        test = WorkerLoader(splits.test, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin,
+                            persistent=False)  # used once, at the end
         reason = f"{reason}; {workers} worker process(es)"
     from trainkit.progress import console
 

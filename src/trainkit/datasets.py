@@ -55,7 +55,12 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int, key: str) -
     if not 0.0 < float(fraction) < 1.0:
         raise allowed(key, fraction, "a fraction strictly between 0 and 1")
     idx = np.arange(len(labels))
-    kept, held = train_test_split(idx, test_size=float(fraction), random_state=seed, stratify=labels)
+    try:
+        kept, held = train_test_split(idx, test_size=float(fraction), random_state=seed, stratify=labels)
+    except ValueError as e:  # too few images of some class to put one on each side
+        counts = np.bincount(labels)
+        raise UserError(f"{key}={fraction} cannot split {len(labels)} images stratified by class (the smallest class "
+                        f"has {counts[counts > 0].min()}): {e}") from None
     return np.sort(kept), np.sort(held)
 
 

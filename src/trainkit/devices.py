@@ -14,6 +14,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise allowed("trainer.device", name, "no CUDA device is available here; use auto or cpu")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise allowed("trainer.device", name, f"this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise allowed("trainer.device", name, "no Apple MPS device is available here; use auto or cpu")
     try:
         return torch.device(name)
     except RuntimeError:

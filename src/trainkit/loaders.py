@@ -86,12 +86,13 @@ class WorkerLoader:
     """Batches of uint8 NCHW images and labels from DataLoader workers."""
 
     def __init__(self, source: ArraySource, pipeline, batch_size: int, seed: int, train: bool,
-                 workers: int, pin_memory: bool, weights: torch.Tensor | None = None, drop_last: bool = False):
+                 workers: int, pin_memory: bool, weights: torch.Tensor | None = None, drop_last: bool = False,
+                 persistent: bool = True):
         self.sampler = EpochSampler(len(source), seed, shuffle=train, weights=weights)
         self.batch_size, self.drop_last = batch_size, drop_last
         self.loader = DataLoader(
             AugmentedDataset(source, pipeline), batch_size=batch_size, sampler=self.sampler,
-            num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory,
+            num_workers=workers, persistent_workers=workers > 0 and persistent, pin_memory=pin_memory,
             worker_init_fn=_quiet_worker if workers > 0 else None, drop_last=drop_last,
             # Its own generator: starting an epoch's iterator draws the workers' base seed from
             # it, not from the global torch RNG, so a resumed run's global stream stays exact.
@@ -106,6 +107,13 @@ class WorkerLoader:
 
     def __iter__(self):
         return iter(self.loader)
+
+    def close(self) -> None:
+        """Stop persistent workers now rather than whenever the garbage collector gets to them."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
 
     def __len__(self) -> int:
         """Batches in a whole epoch (also after skip_batches)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict
 
 import torch
@@ -11,6 +12,10 @@ from trainkit import metrics as M
 from trainkit.devices import autocast
 from trainkit.optimizers import needs_closure
 from trainkit.seeding import capture_rng_states, restore_rng_states
+
+
+def steps_per_epoch(train_loader, limit_train_batches: int | None) -> int:
+    return min(len(train_loader), limit_train_batches or len(train_loader))
 
 
 class Diverged(Exception):
@@ -29,7 +34,7 @@ class Trainer:
         self.epochs, self.monitor, self.on_nan = epochs, monitor, on_nan
         self.check_every = max(1, int(log_every_n_steps))
         self.limit_val_batches = limit_val_batches
-        self.steps_per_epoch = min(len(data.train), limit_train_batches or len(data.train))
+        self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)
         self.stop_request, self.config = stop_request, config or {}
         # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -52,8 +57,8 @@ class Trainer:
         try:
             while self.epoch < self.epochs and not self.should_stop:
                 train_metrics = self.train_one_epoch()
-                if self.interrupted:
-                    status = "interrupted"
+                if self.interrupted and self.batch_in_epoch < self.steps_per_epoch:
+                    status = "interrupted"  # mid-epoch: last.pt records the step; a full epoch is validated first
                     break
                 val_metrics = self.evaluate(self.data.val, "val", self.limit_val_batches)
                 metrics = {**train_metrics, **val_metrics}
@@ -68,6 +73,9 @@ class Trainer:
                     break
         except Diverged as e:
             status, self.message = "diverged", str(e)
+        except BaseException:
+            status = "crashed"
+            raise
         finally:
             for cb in self.callbacks.values():
                 cb.on_fit_end(self, status)
@@ -80,6 +88,9 @@ class Trainer:
             self.data.train.skip_batches(self.batch_in_epoch)
         else:
             self._reset_running()
+        if self.batch_in_epoch >= self.steps_per_epoch:  # resumed after the epoch's last step: validation is left
+            loss_avg, acc = self.running_train_metrics()
+            return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
         for images, labels in self.data.train:
             images, labels = self.data.to_device(images, labels)
             loss = self.training_step(images, labels)
@@ -89,7 +100,7 @@ class Trainer:
                 cb.on_step_end(self, loss)
             if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
                 break
-        self._check_finite(final=True)
+        self._check_finite()
         loss_avg, acc = self.running_train_metrics()
         return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
 
@@ -100,8 +111,9 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             logits = self.model(images)
             loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
-        if self.on_nan == "skip" and not torch.isfinite(loss):
+        if self.on_nan == "skip" and not torch.isfinite(loss):  # a host sync per step, only in this mode
             self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.step_batch()  # the schedule's clock stays with the step count
             return loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -152,13 +164,13 @@ class Trainer:
         n = labels.numel()
         self._pending_losses.append(loss.float() * n)
         self._pending_steps.append(self.global_step + 1)  # this step's number; global_step counts it after
-        self._correct = self._correct.to(labels.device) + (logits.argmax(1) == labels).sum()
+        self._correct = self._correct.to(labels.device, non_blocking=True) + (logits.argmax(1) == labels).sum()
         self._count += n
         self.last_batch_size = n
         if len(self._pending_losses) >= self.check_every:
             self._check_finite()
 
-    def _check_finite(self, final: bool = False) -> None:
+    def _check_finite(self) -> None:
         """Stop on a NaN/Inf loss, naming the first bad step (checked every few steps)."""
         if not self._pending_losses:
             return
@@ -191,7 +203,8 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count},
             "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
-            "rng": capture_rng_states(),
+            "rng": capture_rng_states(self.device),
+            "should_stop": self.should_stop,
             "metrics": dict(metrics),
             "config": self.config,
             "data_spec": asdict(self.data.spec),  # the model's sizes, so a resume can check the fit up front
@@ -202,7 +215,8 @@ class Trainer:
         """Continue exactly where `payload` (from checkpoint_payload) left off."""
         self.optimizer.load_state_dict(payload["optimizer"])
         self.schedule.load_state_dict(payload["schedule"])
-        self.scaler.load_state_dict(payload["scaler"])
+        if payload["scaler"]:  # empty when the run had no loss scaling (fp32, bf16)
+            self.scaler.load_state_dict(payload["scaler"])
         self.epoch, self.global_step = payload["epoch"], payload["global_step"]
         self.batch_in_epoch = payload["batch_in_epoch"]
         self.last_metrics = payload.get("metrics", {})
@@ -213,7 +227,8 @@ class Trainer:
         for name, state in payload["callbacks"].items():
             if name in self.callbacks:
                 self.callbacks[name].load_state_dict(state)
-        restore_rng_states(payload["rng"])
+        self.should_stop = payload.get("should_stop", False)
+        restore_rng_states(payload["rng"], self.device)
 
 
 @torch.no_grad()
@@ -223,9 +238,7 @@ def evaluate(model, loader, to_device, device, amp_dtype=None, prefix: str = "va
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     count = 0
-    for i, (images, labels) in enumerate(loader):
-        if limit is not None and i >= limit:
-            break
+    for images, labels in itertools.islice(loader, limit):
         images, labels = to_device(images, labels)
         with autocast(device, amp_dtype):
             logits = model(images)

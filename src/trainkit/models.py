@@ -24,9 +24,9 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_channels * image_size * image_size
         for h in hidden:
-            layers += [norm.wrap(nn.Linear(width, h, bias=norm.layers_need_bias)), norm.flat(h), activation()]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
+            # Dropout(0) is an identity; always present, so the state_dict keys do not depend on p.
+            layers += [norm.wrap(nn.Linear(width, h, bias=norm.layers_need_bias)), norm.flat(h), activation(),
+                       nn.Dropout(dropout)]
             width = h
         self.features = nn.Sequential(*layers)
         self.classifier = norm.wrap(nn.Linear(width, num_classes))

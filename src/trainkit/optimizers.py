@@ -49,7 +49,10 @@ def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> torch.op
         groups = parameter_groups(model, l2.weight_decay, l2.exclude_bias_and_norm)
     else:
         groups = parameter_groups(model, None, exclude_bias_and_norm=False)
-    return factory(groups)
+    try:
+        return factory(groups)
+    except (ValueError, TypeError) as e:  # torch's own argument checks, e.g. nesterov without momentum
+        raise UserError(f"optimizer ({optimizer_cfg.get('_target_')}): {e}") from None
 
 
 def needs_closure(optimizer) -> bool:

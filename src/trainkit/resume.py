@@ -7,11 +7,11 @@ from pathlib import Path
 import yaml
 
 from trainkit.errors import UserError
-from trainkit.run_record import COMPLETED, RunRecord
+from trainkit.run_record import COMPLETED, DIVERGED, RunRecord
 
 
-def resolve_resume_target(value: str) -> tuple[Path, Path]:
-    """(run dir, checkpoint) for resume=<run dir or checkpoint file>."""
+def resolve_resume_target(value: str) -> tuple[Path | None, Path]:
+    """(run dir, checkpoint) for resume=<run dir or checkpoint file>; no run dir for a loose .pt file."""
     path = Path(value).expanduser()
     if path.is_dir():
         checkpoint = path / "checkpoints" / "last.pt"
@@ -19,8 +19,8 @@ def resolve_resume_target(value: str) -> tuple[Path, Path]:
             raise UserError(f"resume={value}: {checkpoint} does not exist; give a run folder that has checkpoints/last.pt, or a .pt file")
         return path, checkpoint
     if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return run_dir, path
+        in_run = path.parent.name == "checkpoints" and (path.parent.parent / ".hydra").is_dir()
+        return (path.parent.parent if in_run else None), path
     raise UserError(f"resume={value}: no such run folder or checkpoint file")
 
 
@@ -33,6 +33,15 @@ def original_overrides(run_dir: Path) -> list[str]:
             if not o.startswith(("resume=", "hydra.run.dir=", "+resume="))]
 
 
+def original_config_dirs(run_dir: Path) -> list[str]:
+    """The --config-dir folders the run was started with (from Hydra's record of its config sources)."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return []
+    sources = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("config_sources", [])
+    return [s["path"] for s in sources if s.get("schema") == "file" and s.get("provider") not in ("main", "hydra", "schema")]
+
+
 def find_resumable(output_root: Path, config_hash: str) -> Path | None:
     """The newest unfinished run under output_root/runs with this config and a last.pt."""
     runs = output_root / "runs"
@@ -42,6 +51,8 @@ def find_resumable(output_root: Path, config_hash: str) -> Path | None:
     for run_dir in runs.iterdir():
         record = RunRecord.read(run_dir)
         checkpoint = run_dir / "checkpoints" / "last.pt"
-        if record and record.get("config_hash") == config_hash and record.get("status") != COMPLETED and checkpoint.is_file():
+        # A diverged run would diverge again from the same state: only stopped or killed runs qualify.
+        if record and record.get("config_hash") == config_hash and record.get("status") not in (COMPLETED, DIVERGED) \
+                and checkpoint.is_file():
             candidates.append((checkpoint.stat().st_mtime, run_dir))
     return max(candidates)[1] if candidates else None

@@ -215,6 +215,9 @@ def build_schedule(schedule_cfg, optimizer, steps_per_epoch: int, epochs: int, m
     _check("warmup_start_factor", start_factor, isinstance(start_factor, (int, float)) and 0 < start_factor <= 1, "a number in (0, 1]")
     warmup_steps = max(warmup_steps, int(round(warmup_epochs * steps_per_epoch)))
     total = steps_per_epoch * epochs
+    if warmup_steps >= total:
+        raise UserError(f"a warmup of {warmup_steps} steps is not allowed in a run of {total} steps ({epochs} epochs x "
+                        f"{steps_per_epoch}): lower schedule.warmup_epochs or schedule.warmup_steps")
     horizon = Horizon(steps_per_epoch=steps_per_epoch, steps=max(1, total - warmup_steps), mode=mode)
     main = instantiate(params)(optimizer, horizon)
     return LRSchedule(optimizer, main, warmup_steps, start_factor)

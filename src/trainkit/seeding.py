@@ -14,7 +14,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def capture_rng_states() -> dict:
+def capture_rng_states(device: torch.device | None = None) -> dict:
     """Every global RNG as plain tensors and tuples, so torch.load(weights_only=True) reads it."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
@@ -23,18 +23,18 @@ def capture_rng_states() -> dict:
                   "has_gauss": has_gauss, "cached_gaussian": cached},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":  # only the training GPU: others may be absent on resume
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def restore_rng_states(states: dict) -> None:
+def restore_rng_states(states: dict, device: torch.device | None = None) -> None:
     random.setstate(_as_tuples(states["python"]))
     n = states["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def _as_tuples(value):

@@ -29,7 +29,7 @@ from trainkit.devices import resolve_device, resolve_precision
 from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
 from trainkit.interrupts import StopRequest
 from trainkit.preflight import refuse_used_run_dir
-from trainkit.loop import Trainer
+from trainkit.loop import Trainer, steps_per_epoch
 from trainkit.optimizers import build_optimizer
 from trainkit.progress import ProgressDisplay, console, results_table
 from trainkit.regularization import Regularizers
@@ -89,8 +89,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
     model = build_model(cfg, data.spec, regularizers.dropout).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
-    steps_per_epoch = min(len(data.train), cfg.trainer.limit_train_batches or len(data.train))
-    schedule = build_schedule(cfg.schedule, optimizer, steps_per_epoch, int(cfg.trainer.epochs), cfg.trainer.mode)
+    schedule = build_schedule(cfg.schedule, optimizer, steps_per_epoch(data.train, cfg.trainer.limit_train_batches),
+                              int(cfg.trainer.epochs), cfg.trainer.mode)
     weights = data.loss_weights.to(device) if data.loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
@@ -116,29 +116,38 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     console.print(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
                   f"{len(data.splits.test)} test; device={device}, {precision}")
     record.update(status="running")
-    with stop_request:
+    try:
+        return fit_and_test(cfg, run_dir, trainer, record, stop_request)
+    finally:
+        if "tensorboard" in callbacks:
+            callbacks["tensorboard"].close()
+        data.close()
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord, stop_request: StopRequest) -> float:
+    """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
+    callbacks = trainer.callbacks
+    with stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
-
-    best = callbacks["best_checkpoint"]
-    summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step,
-               "final": trainer.last_metrics, "best": best.best, "best_epoch": best.best_epoch, "message": trainer.message}
-    if status == "interrupted":
-        record.update(**summary, status=INTERRUPTED)
-        console.print(f"[yellow]interrupted[/]: saved {run_dir / 'checkpoints' / 'last.pt'}; continue with: trainkit train resume={run_dir}")
-        close_logger(callbacks)
-        raise RunEnded(INTERRUPTED_EXIT_CODE, status)
-    if status == "diverged":
-        record.update(**summary, status=DIVERGED)
-        console.print(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.")
-        close_logger(callbacks)
-        raise RunEnded(DIVERGED_EXIT_CODE, status)
-
-    test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", model)
+        best = callbacks["best_checkpoint"]
+        stopped_early = getattr(callbacks.get("early_stopping"), "reason", None)
+        summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
+                   "best": best.best, "best_epoch": best.best_epoch, "message": trainer.message or stopped_early}
+        if status == "interrupted":
+            record.update(**summary, status=INTERRUPTED)
+            console.print(f"[yellow]interrupted[/]: saved {run_dir / 'checkpoints' / 'last.pt'}; continue with: trainkit train resume={run_dir}")
+            raise RunEnded(INTERRUPTED_EXIT_CODE, status)
+        if status == "diverged":
+            record.update(**summary, status=DIVERGED)
+            console.print(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.")
+            raise RunEnded(DIVERGED_EXIT_CODE, status)
+        if stopped_early:
+            console.print(f"early stopping: {escape(stopped_early)}")
+        test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
     record.update(**summary, status=COMPLETED, test=test_metrics)
     if "tensorboard" in callbacks:
         final = {**test_metrics, f"best/{cfg.trainer.monitor}": best.best if best.best is not None else float("nan")}
         callbacks["tensorboard"].log_final(trainer, flat_hparams(cfg, chosen_groups()), final)
-    close_logger(callbacks)
     rows = {f"best {cfg.trainer.monitor} (epoch {best.best_epoch})": best.best, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
     console.print(results_table(f"results: {run_dir}", rows))
@@ -148,13 +157,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 def test_best_checkpoint(trainer: Trainer, path: Path, model: nn.Module) -> dict:
     """Evaluate the test set once, with the weights of the best validation epoch."""
     if path.is_file():
-        load_model_state(model, load_checkpoint(path, map_location=trainer.device)["model"], path)
+        load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], path)
     return trainer.evaluate(trainer.data.test, "test")
-
-
-def close_logger(callbacks: dict) -> None:
-    if "tensorboard" in callbacks:
-        callbacks["tensorboard"].close()
 
 
 def overrides_of_this_job() -> list[str]:
@@ -179,7 +183,7 @@ def remove_if_empty_run(run_dir: Path) -> None:
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
     if leftovers <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in list(run_dir.parents)[:2]:  # outputs/runs and outputs, if this run made them
+        for parent in list(run_dir.parents)[:2]:  # outputs/runs and outputs, when nothing else is in them
             try:
                 parent.rmdir()
             except OSError:
