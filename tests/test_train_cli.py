@@ -27,6 +27,8 @@ def test_default_run_reaches_095_test_accuracy(default_run):
     assert record["epochs_run"] == 10
     assert record["test"]["test/acc"] >= 0.95
     assert record["best"] >= 0.9 and 1 <= record["best_epoch"] <= 10
+    assert record["loader"].startswith("device (") and record["device"] == "cpu"  # what fed the loop, and why
+    assert len(record["epoch_seconds"]) == 10
     assert str(run_dir) in result.stdout  # the user is told where the run is
     assert "test/acc" in result.stdout  # the results table
 
@@ -158,3 +160,11 @@ def test_own_config_folder_adds_an_option_and_resume_keeps_it(tmp_path):
     assert "resumed from run/checkpoints/last.pt: epoch 1" in again.stdout
     unknown = run_trainkit("train", "optimizer=fast_sgd", cwd=tmp_path)
     assert unknown.returncode == 2 and "optimizer=fast_sgd is not allowed" in unknown.stderr
+
+
+def test_gradient_clipping_logs_the_gradient_norm(tmp_path):
+    result = run_trainkit("train", "regularization=[grad_clip]", "trainer.epochs=1", "trainer.log_every_n_steps=1",
+                          "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    norms = [v for _, v in read_scalars(tmp_path / "run" / "tensorboard")[M.GRAD_NORM]]
+    assert len(norms) == 21 and all(v > 0 for v in norms)  # one per step of the epoch

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from trainkit import metrics as M
-from trainkit.best_checkpoint import improved
+from trainkit.checkpoint_callbacks import improved
 from trainkit.callbacks import Callback
 from trainkit.errors import allowed
 

@@ -86,14 +86,13 @@ class WorkerLoader:
     """Batches of uint8 NCHW images and labels from DataLoader workers."""
 
     def __init__(self, source: ArraySource, pipeline, batch_size: int, seed: int, train: bool,
-                 workers: int, pin_memory: bool, weights: torch.Tensor | None = None, drop_last: bool = False,
-                 persistent: bool = True):
+                 workers: int, pin_memory: bool, weights: torch.Tensor | None = None, persistent: bool = True):
         self.sampler = EpochSampler(len(source), seed, shuffle=train, weights=weights)
-        self.batch_size, self.drop_last = batch_size, drop_last
+        self.batch_size = batch_size
         self.loader = DataLoader(
             AugmentedDataset(source, pipeline), batch_size=batch_size, sampler=self.sampler,
             num_workers=workers, persistent_workers=workers > 0 and persistent, pin_memory=pin_memory,
-            worker_init_fn=_quiet_worker if workers > 0 else None, drop_last=drop_last,
+            worker_init_fn=_quiet_worker if workers > 0 else None,
             # Its own generator: starting an epoch's iterator draws the workers' base seed from
             # it, not from the global torch RNG, so a resumed run's global stream stays exact.
             generator=torch.Generator().manual_seed(seed),
@@ -118,7 +117,7 @@ class WorkerLoader:
     def __len__(self) -> int:
         """Batches in a whole epoch (also after skip_batches)."""
         n = self.sampler.n
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return math.ceil(n / self.batch_size)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ VAL_LOSS = "val/loss"
 VAL_ACC = "val/acc"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
+GRAD_NORM = "train/grad_norm"  # before clipping; logged when regularization=grad_clip clips by norm
 LR = "lr"
 EPOCH = "epoch"
 

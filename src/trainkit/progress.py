@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from trainkit import metrics as M
 from trainkit.callbacks import Callback
 
 # soft_wrap keeps long log lines whole in files and pipes, where rich would assume 80 columns.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -35,6 +34,9 @@ class TensorBoardLogger(Callback):
         if step % self.every == 0 or step == 1:
             self.writer.add_scalar(M.LR, trainer.optimizer.param_groups[0]["lr"], step)
             self.writer.add_scalar(M.TRAIN_LOSS_STEP, float(loss), step)
+            grad_norm = getattr(trainer.regularizers, "last_grad_norm", None)
+            if grad_norm is not None:
+                self.writer.add_scalar(M.GRAD_NORM, float(grad_norm), step)
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         for name, value in metrics.items():

@@ -12,7 +12,6 @@ import traceback
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -20,8 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 from torch import nn
 
-from trainkit import metrics as M
-from trainkit.best_checkpoint import BestCheckpoint, LastCheckpoint
+from trainkit.checkpoint_callbacks import BestCheckpoint, LastCheckpoint
 from trainkit.checkpoints import load_checkpoint, load_model_state
 from trainkit.config_check import check_config, config_hash
 from trainkit.data import build_data
@@ -115,7 +113,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
     console.print(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
                   f"{len(data.splits.test)} test; device={device}, {precision}")
-    record.update(status="running")
+    record.update(status="running", loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
     try:
         return fit_and_test(cfg, run_dir, trainer, record, stop_request)
     finally:
