@@ -62,7 +62,8 @@ class ProgressDisplay(Callback):
             self.progress.console.print(line)
         else:
             console.print(line)
-        self._new_epoch(trainer)
+        if trainer.epoch < trainer.epochs and not trainer.should_stop:
+            self._new_epoch(trainer)
 
     def on_fit_end(self, trainer, status: str) -> None:
         if self.progress is not None:
