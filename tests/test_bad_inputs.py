@@ -31,7 +31,7 @@ CASES = [
     (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5 is not allowed: a number strictly between 0 and 1"),
     (["dataset.val_fraction=0"], "dataset.val_fraction=0 is not allowed: a number strictly between 0 and 1"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
-    (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: auto, cpu, cuda or cuda:N"),
+    (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: auto, cpu, cuda, cuda:N or mps"),
     (["trainer.precision=8"], "trainer.precision=8 is not allowed: auto, 32, bf16 or 16"),
     (["trainer.monitor=val/accuracy"], "trainer.monitor='val/accuracy' is not allowed: val/acc, val/loss, train/acc, train/loss"),
     (["trainer.mode=maximum"], "trainer.mode='maximum' is not allowed: max, min"),

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -129,14 +130,25 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
 
 
 def test_second_ctrl_c_exits_at_once(tmp_path):
-    # A big batch on a ResNet makes each step long, so the second signal lands inside the step.
-    proc = start(tmp_path, "train", "model=resnet", "trainer.batch_size=1024", "hydra.run.dir=cut")
+    # A wide ResNet on full-size batches makes one step take seconds, so the second signal lands
+    # inside the step the first one asked to finish. It is sent only once the first has been
+    # handled: two signals before Python's handler runs would count as one.
+    proc = start(tmp_path, "train", "model=resnet", "model.width=64", "trainer.batch_size=1024",
+                 "hydra.run.dir=cut")
     wait_for(tmp_path / "cut", lambda r: r["status"] == "running", proc)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    deadline = time.time() + 60
+    while not any("finishing the current step" in line for line in lines):
+        assert time.time() < deadline and proc.poll() is None, "".join(lines)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=60)[0]
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 130, out
     assert "SIGINT again: exiting now, without saving." in out
     assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["status"] == "running"

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from trainkit.config_check import device_name
 from trainkit.errors import allowed
 
 
@@ -21,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError:
-        raise allowed("trainer.device", name, "auto, cpu, cuda or cuda:N") from None
+        raise allowed("trainer.device", name, device_name.what) from None
 
 
 def resolve_precision(precision, device: torch.device) -> torch.dtype | None:
