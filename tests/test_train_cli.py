@@ -138,6 +138,21 @@ def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
+def test_divergence_after_a_good_epoch_leaves_the_checkpoints_as_they_were(tmp_path):
+    # The step schedule multiplies the LR by 1e12 after epoch 2: epoch 3 diverges.
+    result = run_trainkit("train", "optimizer=sgd", "norm=none", "schedule=step", "schedule.step_epochs=2",
+                          "schedule.gamma=1e12", "trainer.epochs=4", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "diverged" and record["epochs_run"] == 2
+    assert "(epoch 3)" in record["message"]
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert best["epoch"] == record["best_epoch"] and last["epoch"] == 2  # nothing from the diverged epoch
+    for checkpoint in (best, last):
+        assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
 def test_nan_loss_skip_drops_the_update_and_goes_on(tmp_path):
     result = run_trainkit("train", "optimizer=sgd", "norm=none", "optimizer.lr=1e12", "trainer.epochs=2",
                           "trainer.on_nan=skip", "hydra.run.dir=run", cwd=tmp_path)
