@@ -40,6 +40,8 @@ def test_event_file_holds_the_curves(default_run):
         assert tag in scalars, (tag, sorted(scalars))
     assert len(scalars[M.VAL_ACC]) == 10  # once per epoch
     assert len(scalars[M.LR]) > 10  # per step (every log_every_n_steps)
+    assert scalars[M.LR][0] == (1, pytest.approx(1e-3))  # the LR step 1 used: adam's lr, cosine not yet moved
+    assert 0 < scalars[M.LR][-1][1] < 1e-5  # the last step's LR: near the end of the cosine, not past it
     losses = [v for _, v in scalars[M.TRAIN_LOSS]]
     assert losses[-1] < losses[0] / 3
     record = json.loads((run_dir / "metrics.json").read_text())
@@ -146,6 +148,7 @@ def test_divergence_after_a_good_epoch_leaves_the_checkpoints_as_they_were(tmp_p
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert record["status"] == "diverged" and record["epochs_run"] == 2
     assert "(epoch 3)" in record["message"]
+    assert "epoch 2/4 " in result.stdout and "lr 0.05 " in result.stdout.split("epoch 2/4 ")[1]  # the LR epoch 2 trained at
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert best["epoch"] == record["best_epoch"] and last["epoch"] == 2  # nothing from the diverged epoch

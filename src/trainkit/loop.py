@@ -45,6 +45,7 @@ class Trainer:
         self.should_stop = False
         self.last_metrics: dict = {}
         self.last_batch_size = 0
+        self.step_lr = float(optimizer.param_groups[0]["lr"])  # the LR the latest step used (the logs show this)
         self.message: str | None = None
         self._reset_running()
 
@@ -105,6 +106,7 @@ class Trainer:
         return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.step_lr = float(self.optimizer.param_groups[0]["lr"])  # before the schedule moves it on
         images, targets = self.regularizers.mix(images, labels)
         if self.uses_closure:
             return self.closure_step(images, targets, labels)

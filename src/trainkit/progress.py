@@ -57,7 +57,7 @@ class ProgressDisplay(Callback):
         seconds = time.perf_counter() - self.epoch_started
         rate = self.samples / max(1e-9, seconds)
         parts = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        line = f"epoch {trainer.epoch}/{trainer.epochs}  {parts}  lr {trainer.optimizer.param_groups[0]['lr']:.3g}  {seconds:.1f}s  {rate:.0f} img/s"
+        line = f"epoch {trainer.epoch}/{trainer.epochs}  {parts}  lr {trainer.step_lr:.3g}  {seconds:.1f}s  {rate:.0f} img/s"
         if self.progress is not None:
             self.progress.console.print(line)
         else:

@@ -32,7 +32,7 @@ class TensorBoardLogger(Callback):
     def on_step_end(self, trainer, loss) -> None:
         step = trainer.global_step
         if step % self.every == 0 or step == 1:
-            self.writer.add_scalar(M.LR, trainer.optimizer.param_groups[0]["lr"], step)
+            self.writer.add_scalar(M.LR, trainer.step_lr, step)
             self.writer.add_scalar(M.TRAIN_LOSS_STEP, float(loss), step)
             grad_norm = getattr(trainer.regularizers, "last_grad_norm", None)
             if grad_norm is not None:
