@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from scipy import stats
 from torch import nn
 
 from trainkit.datasets import load_digits_arrays
@@ -86,68 +87,157 @@ def test_penalty_applies_to_the_effective_weight_under_weight_norm():
     assert layer.parametrizations.weight.original1.grad is not None
 
 
+def own_weight_and_partner(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch labelled arange(n): each row's weight on its own label, and the label it was
+    mixed with (itself where the own weight is 1: paired with itself, or nothing mixed)."""
+    others = targets.clone()
+    others.fill_diagonal_(-1.0)
+    own = targets.diagonal().clone()
+    return own, torch.where(own > 1 - 1e-6, torch.arange(len(own)), others.argmax(1))
+
+
+def batch_lam(own: torch.Tensor) -> float:
+    """The batch's lam: the own weight of every row not paired with itself (1 if none is)."""
+    mixed_rows = own[own < 1 - 1e-6]
+    if not len(mixed_rows):
+        return 1.0
+    torch.testing.assert_close(mixed_rows, torch.full_like(mixed_rows, float(mixed_rows[0])))  # one lam per batch
+    return float(mixed_rows[0])
+
+
+def assert_two_label_targets(targets: torch.Tensor, own: torch.Tensor, partner: torch.Tensor) -> None:
+    n = targets.shape[0]
+    expected = own[:, None] * torch.eye(n) + (1 - own)[:, None] * F.one_hot(partner, n).float()
+    torch.testing.assert_close(targets, expected)
+
+
 def test_mixup_batches_are_convex_combinations_with_matching_soft_targets():
-    # Image i is the one-hot vector of class i, so a correctly mixed image equals its target.
-    n = 16
-    images = torch.eye(n).view(n, 1, 1, n)
-    labels = torch.arange(n)
-    r = regs(num_classes=n, mixup={"alpha": 0.4})
+    n, alpha = 8, 0.4
+    images, labels = torch.randn(n, 3, 6, 6), torch.arange(n)
+    r = regs(num_classes=n, mixup={"alpha": alpha})
     torch.manual_seed(0)
     lams = []
-    for _ in range(20):
+    for _ in range(300):
         mixed, targets = r.mix(images, labels)
-        kind, lam, perm = r.last_mix
+        assert mixed.shape == images.shape and mixed.dtype == images.dtype
+        assert targets.shape == (n, n) and targets.dtype == torch.float32
+        own, partner = own_weight_and_partner(targets)
+        lam = batch_lam(own)
+        assert 0.0 <= lam <= 1.0
+        assert_two_label_targets(targets, own, partner)
+        assert sorted(partner.tolist()) == list(range(n))  # the partners are a permutation of the batch
+        # each image is the same convex combination of itself and its partner as its target
+        torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[partner], rtol=1e-5, atol=1e-5)
         lams.append(lam)
-        assert kind == "mixup" and 0.0 <= lam <= 1.0
-        assert targets.shape == (n, n)
-        torch.testing.assert_close(mixed.view(n, n), targets)
-        torch.testing.assert_close(targets.sum(1), torch.ones(n))
-        assert bool((targets >= 0).all())
-        torch.testing.assert_close(mixed, lam * images + (1 - lam) * images[perm])
-    # Beta(0.4, 0.4) puts most mass near 0 and 1, and is symmetric
-    assert 0.2 < sum(lams) / len(lams) < 0.8
-    assert any(lam < 0.2 for lam in lams) and any(lam > 0.8 for lam in lams)
+    # lam ~ Beta(alpha, alpha): Beta(0.4, 0.4) vs uniform (alpha = 1) differ by D ~ 0.17 >> 0.08 here
+    assert stats.kstest(lams, "beta", args=(alpha, alpha)).pvalue > 0.01
+    assert stats.kstest(lams, "uniform").pvalue < 1e-4
 
 
-def test_cutmix_pastes_a_box_and_targets_match_the_area():
-    n, side = 8, 16
-    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, side, side).contiguous()
+def test_mixed_soft_targets_compose_with_label_smoothing():
+    n, eps = 6, 0.1
+    r = regs(num_classes=n, mixup={"alpha": 1.0}, label_smoothing={"epsilon": eps})
+    torch.manual_seed(4)
+    _, targets = r.mix(torch.randn(n, 1, 4, 4), torch.arange(n))
+    logits = torch.randn(n, n)
+    loss = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)(logits, targets)
+    smooth = (1 - eps) * targets + eps / n
+    assert float(loss) == pytest.approx(float(-(smooth * logits.log_softmax(1)).sum(1).mean()), rel=1e-5)
+
+
+def pasted_box(pasted: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1) of the axis-aligned box that `pasted` (H x W, bool) fills exactly."""
+    if not bool(pasted.any()):
+        return None
+    ys, xs = pasted.any(1).nonzero().flatten(), pasted.any(0).nonzero().flatten()
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    assert bool(pasted[y0:y1, x0:x1].all()) and int(pasted.sum()) == (y1 - y0) * (x1 - x0), "not one box"
+    return y0, y1, x0, x1
+
+
+def test_cutmix_pastes_one_box_and_targets_match_its_area():
+    # Image i is filled with the value i, so each pixel tells whose it is.
+    n, h, w = 8, 16, 12
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, h, w).contiguous()
     labels = torch.arange(n)
-    r = regs(num_classes=n, cutmix={"alpha": 1.0, "switch_prob": 0.5})
+    r = regs(num_classes=n, cutmix={"alpha": 1.0, "switch_prob": 0.5})  # switch_prob: only with mixup too
     torch.manual_seed(1)
-    for _ in range(20):
+    clipped = 0
+    for _ in range(100):
         mixed, targets = r.mix(images, labels)
-        kind, lam, perm = r.last_mix
-        assert kind == "cutmix"
+        assert targets.shape == (n, n) and targets.dtype == torch.float32
+        own, partner = own_weight_and_partner(targets)
+        assert_two_label_targets(targets, own, partner)
+        assert sorted(partner.tolist()) == list(range(n))  # the partners are a permutation of the batch
+        boxes = set()
         for i in range(n):
-            own = (mixed[i] == i).float().mean()
-            j = int(perm[i])
-            if j == i:
-                assert float(targets[i, i]) == pytest.approx(1.0)
+            pasted = mixed[i] != i
+            assert bool((pasted == pasted[0]).all())  # the same box in every channel
+            box = pasted_box(pasted[0])
+            if box is None:  # an empty box, or paired with itself
+                assert float(own[i]) == pytest.approx(1.0)
                 continue
-            assert set(mixed[i].unique().tolist()) <= {float(i), float(j)}
-            assert float(targets[i, i]) == pytest.approx(float(own), abs=1e-6) == pytest.approx(lam)
-            assert float(targets[i, j]) == pytest.approx(1 - float(own), abs=1e-6)
-        torch.testing.assert_close(targets.sum(1), torch.ones(n))
+            boxes.add(box)
+            j = int(partner[i])
+            assert j != i and bool((mixed[i][pasted] == j).all())  # x_j inside the box, x_i outside
+            y0, y1, x0, x1 = box
+            assert float(targets[i, j]) == pytest.approx((y1 - y0) * (x1 - x0) / (h * w), abs=1e-6)
+            clipped += y0 == 0 or x0 == 0 or y1 == h or x1 == w
+        assert len(boxes) <= 1  # one box per batch
+    assert clipped > 0  # the area share was checked on boxes cut by the border too
 
 
-def test_mixup_and_cutmix_together_switch_per_batch():
-    r = regs(num_classes=4, mixup={"alpha": 0.2}, cutmix={"alpha": 1.0, "switch_prob": 0.5})
+def batch_kind(images: torch.Tensor, mixed: torch.Tensor, targets: torch.Tensor) -> str:
+    """'cutmix' (some pixels own, the others all the partner's), 'mixup' (every pixel the same
+    convex combination as the targets) or 'unchanged' (either, with nothing mixed)."""
+    own, partner = own_weight_and_partner(targets)
+    if torch.equal(mixed, images):
+        return "unchanged"
+    batch_lam(own)
+    is_own, is_partner = mixed == images, mixed == images[partner]
+    if bool(is_own.any() and is_partner.any() and (is_own | is_partner).all()):
+        return "cutmix"
+    expected = own.view(-1, 1, 1, 1) * images + (1 - own).view(-1, 1, 1, 1) * images[partner]
+    assert torch.allclose(mixed, expected, rtol=1e-5, atol=1e-5), "neither mixup nor cutmix"
+    return "mixup"
+
+
+def test_mixup_and_cutmix_together_switch_per_batch_with_switch_prob():
+    n, draws, switch_prob = 4, 400, 0.25
+    r = regs(num_classes=n, mixup={"alpha": 0.2}, cutmix={"alpha": 1.0, "switch_prob": switch_prob})
+    images, labels = torch.randn(n, 1, 32, 32), torch.arange(n)
     torch.manual_seed(2)
-    kinds = []
-    for _ in range(200):
-        r.mix(torch.randn(4, 1, 8, 8), torch.arange(4))
-        kinds.append(r.last_mix[0])
-    assert 70 < kinds.count("cutmix") < 130  # about switch_prob of the batches (binomial sd ~7)
+    kinds = [batch_kind(images, *r.mix(images, labels)) for _ in range(draws)]
+    # binomial(400, 0.25): mean 100, sd 8.7; an empty box (1 - lam0 < (2/32)^2) counts as unchanged
+    assert 60 < kinds.count("cutmix") < 140, kinds.count("cutmix")
+    assert kinds.count("mixup") > 200
 
 
-def test_mix_draws_replay_after_restoring_the_rng_state():
+def test_same_seed_gives_the_same_mixed_batch():
+    r = regs(num_classes=5, mixup={"alpha": 1.0}, cutmix={"alpha": 1.0})
+    images, labels = torch.randn(10, 1, 8, 8), torch.arange(10) % 5
+
+    def draws(seed: int):
+        torch.manual_seed(seed)
+        return [r.mix(images, labels) for _ in range(4)]
+
+    first, again, other = draws(3), draws(3), draws(4)
+    for (a_img, a_t), (b_img, b_t) in zip(first, again):
+        assert torch.equal(a_img, b_img) and torch.equal(a_t, b_t)
+    assert not all(torch.equal(a_img, b_img) for (a_img, _), (b_img, _) in zip(first, other))
+
+
+def test_mix_draws_only_from_torchs_global_rng_and_replay_after_restoring_it():
     r = regs(num_classes=5, mixup={"alpha": 1.0}, cutmix={"alpha": 1.0})
     images, labels = torch.randn(10, 1, 8, 8), torch.arange(10) % 5
     torch.manual_seed(3)
     r.mix(images, labels)
     state = capture_rng_states()
     first = [r.mix(images, labels) for _ in range(3)]
+    after = capture_rng_states()
+    assert not torch.equal(after["torch"], state["torch"])
+    assert after["python"] == state["python"]  # python's and numpy's generators are left alone
+    assert torch.equal(after["numpy"]["keys"], state["numpy"]["keys"]) and after["numpy"]["pos"] == state["numpy"]["pos"]
     restore_rng_states(state)
     again = [r.mix(images, labels) for _ in range(3)]
     for (a_img, a_t), (b_img, b_t) in zip(first, again):

@@ -2,8 +2,9 @@
 
 torch provides dropout (nn.Dropout), label smoothing (CrossEntropyLoss(label_smoothing=)),
 L2 through the optimizer's weight_decay and gradient clipping (nn.utils.clip_grad_*_); those
-are used as they are. torch has no L1/elastic-net penalty nor mixup/cutmix, so those are
-written here. Early stopping is a loop callback: trainkit.early_stopping.EarlyStopping.
+are used as they are. torch has no L1/elastic-net penalty, so that is written here; mixup and
+cutmix are torchvision's (transforms.v2.MixUp, CutMix and RandomChoice to switch between
+them). Early stopping is a loop callback: trainkit.early_stopping.EarlyStopping.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainkit.errors import allowed
@@ -69,7 +69,15 @@ class Regularizers:
                             if cutmix else 0.0)
         if (self.mixup_alpha or self.cutmix_alpha) and not num_classes:
             raise ValueError("mixup/cutmix build soft targets: pass Regularizers(cfg, num_classes=...)")
-        self.last_mix: tuple[str, float, torch.Tensor] | None = None  # (kind, lambda, permutation) of the last batch
+        self.batch_mix = None  # torchvision's MixUp or CutMix, or a RandomChoice of the two
+        if self.mixup_alpha or self.cutmix_alpha:
+            from torchvision.transforms import v2  # imported here: ~1 s of startup, paid only by runs that mix
+            mixup_op = v2.MixUp(alpha=self.mixup_alpha, num_classes=num_classes) if self.mixup_alpha else None
+            cutmix_op = v2.CutMix(alpha=self.cutmix_alpha, num_classes=num_classes) if self.cutmix_alpha else None
+            if mixup_op is not None and cutmix_op is not None:  # one draw per batch: cutmix w.p. switch_prob
+                self.batch_mix = v2.RandomChoice([cutmix_op, mixup_op], p=[self.switch_prob, 1.0 - self.switch_prob])
+            else:
+                self.batch_mix = mixup_op if mixup_op is not None else cutmix_op
 
         self._clip = self._clip_settings(self.cfg.get("grad_clip"))
         self.last_grad_norm: torch.Tensor | None = None
@@ -92,27 +100,20 @@ class Regularizers:
 
     # -- mixup / cutmix ---------------------------------------------------------------------------
     def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixup or cutmix of the batch with a permutation of itself, and the matching soft targets.
+        """Mixup or cutmix of a float NCHW batch with int64 labels: the mixed images and float soft
+        targets (N, num_classes); without either, the batch passes through.
 
-        Own code (torch has none), following Zhang et al. 2018 and Yun et al. 2019. With both
-        selected, each batch uses cutmix with probability `switch_prob`, else mixup (as timm's
-        Mixup does). Every draw comes from torch's global CPU generator, which the run seeds
-        and checkpoints, so a resumed run mixes the same way."""
-        if not (self.mixup_alpha or self.cutmix_alpha):
+        torchvision's v2.MixUp / v2.CutMix; configs/regularization/{mixup,cutmix}.yaml give the
+        definitions. Their draws (torch.multinomial, Beta via torch._sample_dirichlet,
+        torch.randint) all come from torch's global CPU generator, which the run seeds and
+        checkpoints, so a resumed run mixes the same way. The batch stays on its device: only
+        lam and the box, Python scalars, come from the CPU."""
+        # torchvision pairs sample i with sample i - 1 (roll(1, 0)), not with a random permutation:
+        # the same here, because the training loader reshuffles every epoch (or samples with
+        # replacement, with the balanced sampler), so each sample meets a uniformly random other.
+        if self.batch_mix is None:
             return images, labels
-        use_cutmix = bool(self.cutmix_alpha) and (
-            not self.mixup_alpha or bool(torch.rand(()) < self.switch_prob))
-        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        lam = float(torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample())
-        perm = torch.randperm(images.shape[0])
-        perm_dev = perm.to(images.device)
-        if use_cutmix:
-            images, lam = cutmix_images(images, perm_dev, lam)
-        else:
-            images = lam * images + (1.0 - lam) * images[perm_dev]
-        self.last_mix = ("cutmix" if use_cutmix else "mixup", lam, perm)
-        one_hot = F.one_hot(labels, self.num_classes).float()
-        return images, lam * one_hot + (1.0 - lam) * one_hot[perm_dev]
+        return self.batch_mix(images, labels)
 
     def _mix_alpha(self, name: str) -> float:
         node = self.cfg.get(name)
@@ -145,20 +146,6 @@ class Regularizers:
         if by == "value":
             return by, _number(node.value, "regularization.grad_clip.value", 0.0, positive=True), None
         raise allowed("regularization.grad_clip.by", by, "norm or value")
-
-
-def cutmix_images(images: torch.Tensor, perm: torch.Tensor, lam: float) -> tuple[torch.Tensor, float]:
-    """Paste a box of each permuted image into each image; the box covers a (1 - lam) share
-    of the area, centred uniformly at random and clipped at the border. Returns the images and
-    lambda corrected for the clipping (the share of each image that is still its own)."""
-    h, w = images.shape[-2:]
-    cut_h, cut_w = int(h * math.sqrt(1.0 - lam)), int(w * math.sqrt(1.0 - lam))
-    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    mixed = images.clone()
-    mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
-    return mixed, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
 def decayed_parameters(model: nn.Module):
