@@ -3,7 +3,9 @@
 For every dataset x augmentation x device x path, builds the data exactly as `trainkit train`
 does (build_data) and times the loop's side of it: iterate the training loader and call
 Data.to_device (copy + preprocess), with no model. Worker start-up is excluded (one warm-up
-batch); the clock then runs for --seconds or at least one batch.
+batch); the clock then runs for --seconds or at least one batch. A dataset whose files are
+missing is skipped, and a combination trainkit refuses (e.g. a preset with no batched
+equivalent on the device path) is printed as n/a with the reason; the other rows go on.
 
     python scripts/bench_data.py --data-dir ../shared/data
     python scripts/bench_data.py --datasets digits --augmentations flip_crop,cutout --devices cpu
@@ -21,9 +23,15 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 import trainkit.data as data_module
 from trainkit.data import build_data
+from trainkit.errors import UserError
+
+# What a combination the script cannot run raises: trainkit's refusals and Hydra's "no such option".
+NOT_POSSIBLE = (UserError, HydraException, OmegaConfBaseException)
 
 DATASETS = {
     "digits": ["dataset=digits"],
@@ -104,16 +112,30 @@ def main() -> None:
           + f"; {torch.get_num_threads()} torch threads, batch {args.batch_size}, {args.seconds:g}s per measurement")
     with initialize_config_module("trainkit.configs", version_base=None):
         for name in args.datasets.split(","):
+            base = overrides_for(name, args.data_dir, args.cache_dir)
+            try:  # read once here (memoized): a dataset that is not there is skipped as a whole
+                data_module.build_splits(compose("train", overrides=base).dataset, 0)
+            except NOT_POSSIBLE as e:
+                print(f"  skipping {name}: {one_line(e)}", flush=True)
+                continue
             for aug in args.augmentations.split(","):
                 for dev in args.devices.split(","):
                     device = torch.device(dev)
                     for path in args.paths.split(","):
-                        cfg = compose("train", overrides=overrides_for(name, args.data_dir, args.cache_dir) + [
-                            f"augmentation={aug}", f"dataset.loader={path}", f"dataset.workers={args.workers}",
-                            f"trainer.batch_size={args.batch_size}"])
-                        with contextlib.redirect_stdout(io.StringIO()):
-                            data = build_data(cfg, device)
-                        rate = images_per_second(data, device, args.seconds)
+                        try:
+                            cfg = compose("train", overrides=base + [
+                                f"augmentation={aug}", f"dataset.loader={path}", f"dataset.workers={args.workers}",
+                                f"trainer.batch_size={args.batch_size}"])
+                            with contextlib.redirect_stdout(io.StringIO()):
+                                data = build_data(cfg, device)
+                        except NOT_POSSIBLE as e:
+                            rows.append((name, aug, dev, path, None))
+                            print(f"  {name:15s} {aug:10s} {dev:5s} {path:8s} n/a ({one_line(e)})", flush=True)
+                            continue
+                        try:
+                            rate = images_per_second(data, device, args.seconds)
+                        finally:
+                            data.close()
                         rows.append((name, aug, dev, path, rate))
                         print(f"  {name:15s} {aug:10s} {dev:5s} {path:8s} {rate:12,.0f} img/s", flush=True)
                         del data
@@ -125,7 +147,19 @@ def main() -> None:
     for n, a, d in dict.fromkeys((n, a, d) for n, a, d, _, _ in rows):
         w, g = table.get((n, a, d, "workers")), table.get((n, a, d, "device"))
         ratio = f"{g / w:.1f}x" if w and g else "-"
-        print(f"| {n} | {a} | {d} | {w or 0:,.0f} | {g or 0:,.0f} | {ratio} |")
+        print(f"| {n} | {a} | {d} | {cell(table, (n, a, d, 'workers'))} | {cell(table, (n, a, d, 'device'))} | {ratio} |")
+
+
+def one_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def cell(table: dict, key: tuple) -> str:
+    """img/s; n/a where trainkit refused the combination, - where it was not asked for."""
+    if key not in table:
+        return "-"
+    return "n/a" if table[key] is None else f"{table[key]:,.0f}"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -12,8 +15,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from trainkit.augmentation import augment, build_pipeline
-from trainkit.data import build_data
+from trainkit.augmentation import augment, build_pipeline, check_transform
+from trainkit.data import build_data, check_pipeline_output
+from trainkit.datasets import DataSpec
 from trainkit.device_loader import NotBatchable, apply_ops, batched_ops
 from trainkit.errors import UserError
 
@@ -111,3 +115,89 @@ def test_the_readme_example_pipeline_works():
     pipeline = build_pipeline(cfg.augmentation.train, "augmentation.train")
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert augment(pipeline, image, seed=1).shape == (3, 32, 32)
+
+
+OWN_STEP = ("is not allowed: trainkit appends the tensor conversion and the normalization itself "
+            "(dataset.preprocess: standardize, center, none or zca); remove it from the pipeline")
+
+
+@pytest.mark.parametrize("where, transform", [
+    ("augmentation.train", "{_target_: albumentations.Normalize}"),
+    ("augmentation.train", "{_target_: albumentations.ToFloat}"),
+    ("augmentation.eval", "{_target_: albumentations.ToTensorV2}"),
+])
+def test_trainkits_own_steps_are_refused(where, transform):
+    cfg = config(f"{where}=[{{_target_: albumentations.HorizontalFlip}}, {transform}]")
+    key = where.split(".")[1]
+    name = transform.split(": ")[1].rstrip("}")
+    with pytest.raises(UserError) as e:
+        build_pipeline(cfg.augmentation[key], where)
+    assert str(e.value) == f"{where}[1] ({name}) {OWN_STEP}"
+
+
+def test_trainkits_own_steps_are_refused_inside_a_compose():
+    cfg = config("augmentation.train=[{_target_: albumentations.OneOf, transforms: "
+                 "[{_target_: albumentations.NoOp}, {_target_: albumentations.Normalize, mean: 0.5, std: 0.2}]}]")
+    with pytest.raises(UserError) as e:
+        build_pipeline(cfg.augmentation.train, "augmentation.train")
+    assert str(e.value) == f"augmentation.train[0].transforms[1] (albumentations.Normalize) {OWN_STEP}"
+
+
+def to_float(image, **_):
+    return image.astype(np.float32) / 255.0
+
+
+@pytest.mark.parametrize("float_step", [A.ToFloat(), A.Lambda(image=to_float)], ids=["ToFloat", "Lambda"])
+def test_a_pipeline_must_leave_uint8_pixels(float_step):
+    spec = DataSpec(in_channels=1, image_size=8, num_classes=10, class_names=list("0123456789"), mean=[0.5], std=[0.2])
+    image = np.full((8, 8, 1), 200, dtype=np.uint8)
+    uint8_pipeline = A.Compose([A.HorizontalFlip(p=1.0), A.ToTensorV2()])
+    check_pipeline_output(uint8_pipeline, image, spec, "augmentation.train")  # uint8 in, uint8 out: fine
+    # built by hand: build_pipeline would refuse ToFloat by name before this check is reached
+    with pytest.raises(UserError) as e:
+        check_pipeline_output(A.Compose([float_step, A.ToTensorV2()]), image, spec, "augmentation.train")
+    assert str(e.value) == ("augmentation.train turns uint8 images into float32; it must leave them uint8 (0..255): "
+                            "trainkit converts and normalizes them itself (dataset.preprocess)")
+
+
+NESTED_TYPO = ("augmentation.train[0].transforms[1] (albumentations.AutoContrast): prob: not an argument of this "
+               "transform; allowed: cutoff, ignore, method, p")
+
+
+def test_a_misspelt_argument_inside_a_compose_is_an_error_not_a_warning():
+    cfg = config("augmentation=strong", "+augmentation.train.0.transforms.1.prob=1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # albumentations' own UserWarning would fail here: it is replaced, not added to
+        with pytest.raises(UserError) as e:
+            build_pipeline(cfg.augmentation.train, "augmentation.train")
+    assert str(e.value) == NESTED_TYPO
+
+
+def test_a_bad_value_inside_a_compose_names_its_own_position():
+    cfg = config("augmentation=strong", "augmentation.train.0.transforms.6.threshold_range=[0.5,2]")
+    with pytest.raises(UserError, match=r"^augmentation.train\[0\].transforms\[6\] \(albumentations.Solarize\): threshold_range="):
+        build_pipeline(cfg.augmentation.train, "augmentation.train")
+
+
+def test_unknown_arguments_are_found_at_any_depth():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # albumentations warns when the transforms are made here by hand
+        deep = A.OneOf([A.NoOp(), A.SomeOf([A.Blur(), A.Sharpen(alpah=0.3)], n=1)])
+    with pytest.raises(UserError, match=r"^augmentation.train\[2\].transforms\[1\].transforms\[1\] "
+                                        r"\(albumentations.Sharpen\): alpah: not an argument"):
+        check_transform(deep, "augmentation.train[2]")
+
+
+def trainkit_cli(*args: str, cwd: Path):
+    """The real `trainkit` command, its run outputs under cwd/out (TRAINKIT_OUTPUT_DIR)."""
+    env = {**os.environ, "COLUMNS": "200", "TRAINKIT_OUTPUT_DIR": str(cwd / "out")}
+    return subprocess.run([sys.executable, "-m", "trainkit", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180, env=env)
+
+
+def test_cli_refuses_a_misspelt_nested_argument_before_training(tmp_path):
+    result = trainkit_cli("train", "augmentation=strong", "+augmentation.train.0.transforms.1.prob=1", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"error: {NESTED_TYPO}\n"  # one line: no albumentations warning, no traceback
+    assert "epoch" not in result.stdout
+    assert not any((tmp_path / "out").rglob("*"))  # no run folder left behind

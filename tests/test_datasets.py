@@ -102,19 +102,21 @@ def _write_idx(path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def test_kmnist_reads_idx_files_and_computes_missing_stats(tmp_path):
+def test_kmnist_reads_idx_files_with_published_stats_or_computed_ones(tmp_path):
     raw = tmp_path / "KMNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 200), ("t10k", 50)):
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
-    cfg = config("dataset=kmnist", f"dataset.data_dir={tmp_path}", "dataset.download=false")
-    splits = build_splits(cfg.dataset, 0)
+    overrides = ["dataset=kmnist", f"dataset.data_dir={tmp_path}", "dataset.download=false"]
+    splits = build_splits(config(*overrides).dataset, 0)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (180, 20, 50)
     assert splits.spec.class_names[:3] == ["o", "ki", "su"]
-    assert splits.spec.mean[0] == pytest.approx(0.5, abs=0.01)  # uniform noise, computed since mean is null
-    assert splits.spec.std[0] == pytest.approx(0.289, abs=0.01)
+    assert (splits.spec.mean, splits.spec.std) == ([0.1918], [0.3483])  # KMNIST's published values, not recomputed
+    computed = build_splits(config(*overrides, "dataset.mean=null", "dataset.std=null").dataset, 0).spec
+    assert computed.mean[0] == pytest.approx(0.5, abs=0.01)  # uniform noise
+    assert computed.std[0] == pytest.approx(0.289, abs=0.01)
 
 
 def test_imagefolder_cifar_subset(cifar_folder):
@@ -190,6 +192,58 @@ def test_imagefolder_single_tree_grey_resized_and_seeded(tmp_path):
     assert c.spec.class_names == ["dogs", "cats"]
     grey_of = {label: c.train.images[c.train.labels == label].mean() for label in (0, 1)}
     assert grey_of[0] > grey_of[1]  # dogs (green) are lighter in luma than cats (red)
+
+
+def _bands(path, width: int, height: int) -> None:
+    """A wide image: red on the left third, green in the middle, blue on the right."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    third = width // 3
+    pixels[:, :third, 0] = pixels[:, third:2 * third, 1] = pixels[:, 2 * third:, 2] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.mark.parametrize("resize", ["center_crop", "stretch"])
+def test_imagefolder_non_square_images_are_center_cropped_or_stretched(tmp_path, resize):
+    from torchvision.transforms import CenterCrop, Resize
+
+    for name in ("a", "b"):
+        for i in range(10):
+            _bands(tmp_path / "imgs" / name / f"{i}.png", width=60, height=20)
+    cfg = config("dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", "dataset.image_size=10",
+                 f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.val_fraction=0.2", "dataset.test_fraction=0.2",
+                 *([] if resize == "center_crop" else ["dataset.resize=stretch"]))
+    assert cfg.dataset.resize == resize
+    image = build_splits(cfg.dataset, 0).train.images[0]
+    assert image.shape == (10, 10, 3)
+    red, green, blue = (image[..., c].astype(int) for c in range(3))
+    if resize == "center_crop":
+        # Shorter side to 10 (30x10), then the central 10 columns: the middle band, undistorted.
+        assert (green[:, 1:-1] == 255).all() and red.max() < 128 and blue.max() < 128
+        with Image.open(tmp_path / "imgs" / "a" / "0.png") as original:
+            torchvision_eval = np.asarray(CenterCrop(10)(Resize(10)(original)))
+        assert np.array_equal(image, torchvision_eval)  # the same pixels as torchvision's eval transform
+    else:
+        # All 60 columns squeezed into 10: the three bands side by side, each a third as wide.
+        assert (red[:, :2] == 255).all() and (green[:, 4:6] == 255).all() and (blue[:, -2:] == 255).all()
+    # How the images were read is part of the cached statistics' key: each setting has its own entry.
+    entries = list((tmp_path / "cache" / "imagefolder_stats").glob("*.json"))
+    assert [json.loads(e.read_text())["resize"] for e in entries] == [resize]
+
+
+def test_imagefolder_resize_setting_changes_the_cached_statistics(tmp_path):
+    for i in range(10):
+        _bands(tmp_path / "imgs" / "a" / f"{i}.png", width=60, height=20)
+        _bands(tmp_path / "imgs" / "b" / f"{i}.png", width=60, height=20)
+    overrides = ["dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", "dataset.image_size=10",
+                 f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.val_fraction=0.2", "dataset.test_fraction=0.2"]
+    cropped = build_splits(config(*overrides).dataset, 0).spec
+    stretched = build_splits(config(*overrides, "dataset.resize=stretch").dataset, 0).spec
+    assert cropped.mean[1] > 0.9 and cropped.mean[0] < 0.1  # the green middle only
+    assert stretched.mean[0] == pytest.approx(stretched.mean[1], abs=0.05)  # every band in view
+    assert len(list((tmp_path / "cache" / "imagefolder_stats").glob("*.json"))) == 2
+    with pytest.raises(UserError, match=r"^dataset.resize='squash' is not allowed: center_crop, stretch$"):
+        build_splits(config(*overrides, "dataset.resize=squash").dataset, 0)
 
 
 @pytest.mark.parametrize("layout, expected", [

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 import trainkit.data as data_module
-from trainkit.augmentation import augment
+from trainkit.augmentation import augment, build_pipeline
 from trainkit.data import build_data
 from trainkit.datasets import ArraySource
 from trainkit.device_loader import DeviceLoader, apply_ops, batched_ops
@@ -128,6 +128,131 @@ def test_statistics_of_many_augmented_samples_agree(preset):
     assert abs(gmw - gmd) < 0.035 * gmw and abs(gsw - gsd) < 0.03 * gsw
     assert (mw - md).abs().max() < 10  # per-pixel means on 0..255
     assert (sw - sd).abs().max() < 10
+
+
+# -- two-sample tests: the same distribution on both paths, judged in standard errors ------------------
+# Every draw is seeded, so these give the same verdict on every run; the margins leave room for
+# another albumentations or torch version's random stream, not for a different distribution.
+
+def two_sample_chi2_p(a, b) -> float:
+    """p-value of 'counts a and b come from one distribution' (chi-square, two samples); cells with
+    fewer than 10 observations between them are pooled, so the approximation holds."""
+    from scipy.stats import chi2
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    small = (a + b) < 10
+    a = np.append(a[~small], a[small].sum())
+    b = np.append(b[~small], b[small].sum())
+    keep = (a + b) > 0
+    a, b = a[keep], b[keep]
+    if len(a) < 2:
+        return 1.0
+    ka, kb = np.sqrt(b.sum() / a.sum()), np.sqrt(a.sum() / b.sum())
+    statistic = (((ka * a - kb * b) ** 2) / (a + b)).sum()
+    return float(chi2.sf(statistic, len(a) - 1))
+
+
+def holes_seen(out: torch.Tensor) -> tuple[np.ndarray, list[int], list[int], list[int]]:
+    """What the outputs show of the cutout draws (fill 0 on images with no 0 pixel): per image whether
+    it was cut and into how many separate holes; heights and widths of the holes that stand alone
+    (a connected zero region that fills its bounding box). Overlapping holes merge the same way on
+    both paths, so equal draws give equal histograms of these."""
+    from scipy import ndimage
+
+    cut, counts, heights, widths = [], [], [], []
+    for mask in (out[:, 0] == 0).numpy():
+        labels, k = ndimage.label(mask)
+        cut.append(k > 0)
+        counts.append(k)
+        for j, box in enumerate(ndimage.find_objects(labels), start=1):
+            if (labels[box] == j).all():
+                heights.append(box[0].stop - box[0].start)
+                widths.append(box[1].stop - box[1].start)
+    return np.array(cut), counts, heights, widths
+
+
+def test_cutout_draws_agree_between_paths():
+    """CoarseDropout with every draw random: whether, how many holes, how tall, how wide."""
+    n, size = 4000, 16
+    images = np.full((n, size, size, 1), 200, dtype=np.uint8)
+    pipeline = compose_of(A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.25, 0.5),
+                                          hole_width_range=(0.25, 0.5), fill=0, p=0.5))
+    outputs = both_paths(pipeline, images)
+    (cut_w, count_w, h_w, w_w), (cut_d, count_d, h_d, w_d) = (holes_seen(out) for out in outputs)
+    area_w, area_d = ((out[:, 0] == 0).flatten(1).sum(1).numpy() for out in outputs)
+    # Applied or not: p = 0.5 on each path, and the same rate on both (in standard errors).
+    for cut in (cut_w, cut_d):
+        assert abs(cut.mean() - 0.5) < 4 * np.sqrt(0.25 / n), cut.mean()
+    pooled = (cut_w.mean() + cut_d.mean()) / 2
+    assert abs(cut_w.mean() - cut_d.mean()) < 4 * np.sqrt(pooled * (1 - pooled) * 2 / n)
+    # A hole is floor(16 * U[0.25, 0.5)) = 4..7 pixels; holes that touch merge into larger regions.
+    assert np.isin(h_w, [4, 5, 6, 7]).mean() > 0.8 and np.isin(w_w, [4, 5, 6, 7]).mean() > 0.8
+    for name, a, b, cells in (("holes per image", count_w, count_d, 4), ("hole height", h_w, h_d, size + 1),
+                              ("hole width", w_w, w_d, size + 1), ("pixels cut", area_w, area_d, size * size + 1)):
+        hist_a, hist_b = np.bincount(a, minlength=cells), np.bincount(b, minlength=cells)
+        assert two_sample_chi2_p(hist_a, hist_b) > 1e-4, (name, hist_a, hist_b)
+
+
+@pytest.mark.parametrize("flip, dim", [(A.HorizontalFlip, 3), (A.VerticalFlip, 2)])
+def test_flip_rates_agree_between_paths(flip, dim):
+    n, p = 12_000, 0.3
+    images = np.repeat(np.arange(4, dtype=np.uint8).reshape(1, 2, 2, 1), n, axis=0)  # every flip visible
+    original = torch.from_numpy(images).permute(0, 3, 1, 2)
+    rates = []
+    for out in both_paths(compose_of(flip(p=p)), images):
+        flipped = (out == original.flip(dim)).flatten(1).all(1)
+        assert bool((flipped | (out == original).flatten(1).all(1)).all())
+        rates.append(flipped.double().mean().item())
+        assert abs(rates[-1] - p) < 4 * np.sqrt(p * (1 - p) / n), rates  # each path flips at p
+    pooled = sum(rates) / 2
+    assert abs(rates[0] - rates[1]) < 4 * np.sqrt(pooled * (1 - pooled) * 2 / n), rates
+
+
+def ramp_images(n: int, size: int, channels: int) -> np.ndarray:
+    """Lopsided images: bright on the right (and, in RGB, bright on the left and at the bottom),
+    so a flip or a shift moves the per-pixel means; no 0 pixel, so padding and holes show too."""
+    ramp = np.linspace(20, 235, size)
+    planes = [np.broadcast_to(ramp, (size, size)), np.broadcast_to(ramp[::-1], (size, size)),
+              np.broadcast_to(ramp[:, None], (size, size))][:channels]
+    image = np.stack(planes, axis=-1).round().astype(np.uint8)
+    return np.repeat(image[None], n, axis=0)
+
+
+def loader_samples(loader, epochs: int) -> torch.Tensor:
+    batches = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        batches += [x for x, _ in loader]
+    return torch.cat(batches).double()
+
+
+def max_z(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest per-pixel difference of means between two samples, in standard errors."""
+    diff = a.mean(0) - b.mean(0)
+    se = torch.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
+    z = torch.where(se > 0, diff.abs() / se.clamp_min(1e-12), torch.where(diff == 0, 0.0, float("inf")))
+    return float(z.max())
+
+
+@pytest.mark.parametrize("channels", [1, 3], ids=["grey", "rgb"])
+@pytest.mark.parametrize("preset", ["flip", "flip_crop", "cutout"])
+def test_per_pixel_mean_and_std_agree_on_lopsided_images(preset, channels):
+    """The real presets on both loaders, 6,000 samples each: per-pixel mean and mean square (so std)
+    within 5 standard errors, column means within 4. On a horizontal ramp a flip that is missing or
+    too rare moves whole columns (measured: a flip at 0.425 instead of 0.5 is 5-8 standard errors)."""
+    size = 16
+    cfg = config("dataset=digits", f"augmentation={preset}", f"dataset.image_size={size}")
+    pipeline = build_pipeline(cfg.augmentation.train, "augmentation.train")
+    source = ArraySource(ramp_images(1000, size, channels), np.zeros(1000, dtype=np.int64))
+    ops = batched_ops(pipeline, (channels, size, size), "augmentation.train")
+    workers = loader_samples(WorkerLoader(source, pipeline, batch_size=500, seed=1, train=True, workers=0, pin_memory=False), 6)
+    device = loader_samples(DeviceLoader(source, ops, batch_size=500, seed=1, train=True, device=CPU), 6)
+    assert len(workers) == len(device) == 6000
+    assert max_z(workers, device) < 5
+    assert max_z(workers.square(), device.square()) < 5
+    assert max_z(workers.mean(dim=(1, 2)), device.mean(dim=(1, 2))) < 4  # per column, over rows and channels
+    unaugmented = torch.from_numpy(source.images[:1]).permute(0, 3, 1, 2).double()
+    assert (workers.mean(0) - unaugmented[0]).abs().max() > 20  # the augmentation does move these means
 
 
 @pytest.mark.parametrize("border_mode", [0, 1, 4])

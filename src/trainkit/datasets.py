@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from trainkit.atomic import atomic_write_text
 from trainkit.errors import UserError, allowed
 
 
@@ -98,10 +101,22 @@ EXPECTED_FILES = {
     "mnist": ("MNIST/raw", _IDX_FILES),
     "fashion_mnist": ("FashionMNIST/raw", _IDX_FILES),
     "kmnist": ("KMNIST/raw", _IDX_FILES),
-    "cifar10": ("cifar-10-batches-py", "data_batch_1..data_batch_5 and test_batch (unpack cifar-10-python.tar.gz)"),
+    "cifar10": ("cifar-10-batches-py", "data_batch_1..data_batch_5, test_batch and batches.meta (unpack cifar-10-python.tar.gz)"),
     "cifar100": ("cifar-100-python", "train, test and meta (unpack cifar-100-python.tar.gz)"),
     "svhn": ("", "train_32x32.mat and test_32x32.mat"),
     "stl10": ("stl10_binary", "train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin (unpack stl10_binary.tar.gz)"),
+}
+
+# The files torchvision reads for each training set (under data_dir): a mean/std computed from
+# them is cached by their names, sizes and modification times.
+TRAIN_FILES = {
+    "mnist": ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-ubyte"),
+    "fashion_mnist": ("FashionMNIST/raw/train-images-idx3-ubyte", "FashionMNIST/raw/train-labels-idx1-ubyte"),
+    "kmnist": ("KMNIST/raw/train-images-idx3-ubyte", "KMNIST/raw/train-labels-idx1-ubyte"),
+    "cifar10": tuple(f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)),
+    "cifar100": ("cifar-100-python/train",),
+    "svhn": ("train_32x32.mat",),
+    "stl10": ("stl10_binary/train_X.bin", "stl10_binary/train_y.bin"),
 }
 
 
@@ -112,12 +127,22 @@ def load_torchvision(name: str, root: str, download: bool, train: bool) -> tuple
         folder, files = EXPECTED_FILES[name]
         where = Path(root).resolve() / folder
         how = "the download failed" if download else "dataset.download is false"
-        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise UserError(
-            f"dataset={name}: could not read the files in {where} ({how}: {first}); "
+            f"dataset={name}: could not read the files in {where} ({how}: {one_line_cause(e)}); "
             f"put {files} there, or set dataset.data_dir (or TRAINKIT_DATA_DIR) to the folder that holds "
             f"{folder or 'them'}"
         ) from None
+
+
+def one_line_cause(error: Exception) -> str:
+    """torchvision's error on one line, keeping the network cause: MNIST's download error puts it
+    (`<urlopen error ...>`) on the lines after `Error downloading ...:`, once per mirror."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    causes = [line for line in dict.fromkeys(lines[1:]) if not line.startswith("Tried ")]
+    text = lines[0] if not causes else f"{lines[0].rstrip(':')}: {'; '.join(causes)}"
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 TORCHVISION_DATASETS = tuple(EXPECTED_FILES)
@@ -141,11 +166,14 @@ def build_splits(cfg, seed: int) -> Splits:
         raise allowed("dataset.name", name, f"one of digits, imagefolder, {', '.join(TORCHVISION_DATASETS)}")
     train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, seed, "dataset.val_fraction")
     train = full.subset(train_idx)
-    return Splits(train, full.subset(val_idx), test, spec_from_config(cfg, train))
+    return Splits(train, full.subset(val_idx), test, spec_from_config(cfg, full, train))
 
 
-def spec_from_config(cfg, train: ArraySource) -> DataSpec:
-    """The config's description of the data, checked against the images; mean/std null: computed."""
+def spec_from_config(cfg, full: ArraySource, train: ArraySource) -> DataSpec:
+    """The config's description of the data, checked against the images.
+
+    mean/std null: computed over the whole training set (`full`, before the validation split), as
+    the published values are, and cached when the config has a cache_dir."""
     n, h, w, c = train.images.shape
     if (h, w, c) != (int(cfg.image_size), int(cfg.image_size), int(cfg.in_channels)):
         raise UserError(
@@ -153,7 +181,7 @@ def spec_from_config(cfg, train: ArraySource) -> DataSpec:
             f"image_size={cfg.image_size}, in_channels={cfg.in_channels}"
         )
     if cfg.mean is None or cfg.std is None:
-        mean, std = channel_stats(train.images)
+        mean, std = computed_stats(cfg, full.images)
     else:
         mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
     if len(mean) != c or len(std) != c:
@@ -162,6 +190,44 @@ def spec_from_config(cfg, train: ArraySource) -> DataSpec:
     if len(class_names) != int(cfg.num_classes):
         raise UserError(f"dataset={cfg.name}: {len(class_names)} class_names for num_classes={cfg.num_classes}")
     return DataSpec(in_channels=c, image_size=h, num_classes=int(cfg.num_classes), class_names=class_names, mean=mean, std=std)
+
+
+def computed_stats(cfg, images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of a training set, cached by its files when it has them (not digits)."""
+    data_dir = Path(str(cfg.data_dir))
+    files = [data_dir / f for f in TRAIN_FILES.get(cfg.name, ())]
+    if not files or not all(f.is_file() for f in files):
+        return channel_stats(images)
+    identity = f"{cfg.name}|{data_dir.resolve()}|{'x'.join(map(str, images.shape))}"
+    record = {"dataset": cfg.name, "data_dir": str(data_dir.resolve()), "images": len(images)}
+    return cached_channel_stats(images, cfg.get("cache_dir"), f"{cfg.name}_stats", stats_key(identity, files, data_dir), record)
+
+
+def stats_key(identity: str, files: list[Path], base: Path) -> str:
+    """A hash of `identity` and each file's path (relative to `base`), size and modification time."""
+    h = hashlib.sha256(identity.encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.relative_to(base)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_channel_stats(images: np.ndarray, cache_dir, folder: str, key: str, record: dict) -> tuple[list[float], list[float]]:
+    """channel_stats(images), kept in <cache_dir>/<folder>/<key>.json; cache_dir null: computed every time."""
+    path = Path(str(cache_dir)) / folder / f"{key}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+            return cached["mean"], cached["std"]
+        except (ValueError, KeyError):
+            pass  # a damaged cache entry is recomputed
+    mean, std = channel_stats(images)
+    if path is not None:
+        try:
+            atomic_write_text(path, json.dumps({**record, "mean": mean, "std": std}, indent=1))
+        except OSError:
+            pass  # a read-only cache folder costs only the recomputation
+    return mean, std
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:

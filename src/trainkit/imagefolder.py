@@ -4,12 +4,12 @@ Two layouts:
   <root>/train/<class>/...  (+ optional <root>/val/<class>/..., <root>/test/<class>/...)
   <root>/<class>/...        (val and test held out by val_fraction / test_fraction)
 Class names come from the folder names; mean and std from the training images, cached.
+Images that are not image_size square are center-cropped (resize: center_crop, the default,
+as torchvision's Resize + CenterCrop evaluation transform) or stretched (resize: stretch).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import MissingMandatoryValue
 
-from trainkit.atomic import atomic_write_text
-from trainkit.datasets import ArraySource, DataSpec, Splits, channel_stats, stratified_split
-from trainkit.errors import UserError
+from trainkit.datasets import ArraySource, DataSpec, Splits, cached_channel_stats, stats_key, stratified_split
+from trainkit.errors import UserError, allowed
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "val", "test")
+RESIZE_CHOICES = ("center_crop", "stretch")
 
 
 def list_class_folder(folder: Path) -> dict[str, list[Path]]:
@@ -83,59 +83,48 @@ def _files_and_labels(found: dict[str, list[Path]], names: list[str], where: Pat
     return files, np.asarray(labels, dtype=np.int64)
 
 
-def read_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image as uint8 (size, size, channels): RGB or grey, resized (antialiased) when needed."""
+def read_image(path: Path, size: int, channels: int, resize: str) -> np.ndarray:
+    """One image as uint8 (size, size, channels): RGB or grey, brought to size x size by `resize`."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+            im = to_square(im.convert("RGB" if channels == 3 else "L"), size, resize)
             array = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise UserError(f"dataset.root: cannot read image {path}: {e}") from None
     return array.reshape(size, size, channels)
 
 
-def read_images(files: list[Path], size: int, channels: int) -> np.ndarray:
+def to_square(im, size: int, resize: str):
+    """center_crop: the shorter side to `size` (antialiased bilinear), then the central size x size,
+    as torchvision's Resize(size) + CenterCrop(size) does for evaluation, so shapes are not
+    distorted. stretch: straight to size x size, the aspect ratio lost but nothing cut off."""
+    from torchvision.transforms import functional as TF
+
+    if im.size == (size, size):
+        return im
+    if resize == "stretch":
+        return TF.resize(im, [size, size])
+    return TF.center_crop(TF.resize(im, size), [size, size])
+
+
+def read_images(files: list[Path], size: int, channels: int, resize: str) -> np.ndarray:
     out = np.empty((len(files), size, size, channels), dtype=np.uint8)
     # PIL releases the GIL while decoding, so threads overlap the file reads and decodes.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for i, image in enumerate(pool.map(lambda f: read_image(f, size, channels), files, chunksize=64)):
+        for i, image in enumerate(pool.map(lambda f: read_image(f, size, channels, resize), files, chunksize=64)):
             out[i] = image
     return out
 
 
-def _stats_key(root: Path, files: list[Path], size: int, channels: int) -> str:
-    h = hashlib.sha256(f"{root.resolve()}|{size}|{channels}".encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"|{f.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
-
-
-def training_stats(cfg, root: Path, files: list[Path], images: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of the training images, cached under cache_dir by a hash of the files."""
+def training_stats(cfg, root: Path, files: list[Path], images: np.ndarray, resize: str) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the training images, cached under cache_dir by a hash of the files
+    and of how they were read (size, channels, resize)."""
     size, channels = images.shape[1], images.shape[3]
-    cache_dir = cfg.get("cache_dir")
-    path = None
-    if cache_dir:
-        path = Path(str(cache_dir)) / "imagefolder_stats" / f"{_stats_key(root, files, size, channels)}.json"
-        if path.is_file():
-            try:
-                cached = json.loads(path.read_text())
-                return cached["mean"], cached["std"]
-            except (ValueError, KeyError):
-                pass  # a damaged cache entry is recomputed
-    mean, std = channel_stats(images)
-    if path is not None:
-        record = {"root": str(root.resolve()), "images": len(files), "image_size": size, "channels": channels, "mean": mean, "std": std}
-        try:
-            atomic_write_text(path, json.dumps(record, indent=1))
-        except OSError:
-            pass  # a read-only cache folder costs only the recomputation
-    return mean, std
+    key = stats_key(f"{root.resolve()}|{size}|{channels}|{resize}", files, root)
+    record = {"root": str(root.resolve()), "images": len(files), "image_size": size, "channels": channels, "resize": resize}
+    return cached_channel_stats(images, cfg.get("cache_dir"), "imagefolder_stats", key, record)
 
 
 def load_imagefolder(cfg, seed: int) -> Splits:
@@ -143,6 +132,9 @@ def load_imagefolder(cfg, seed: int) -> Splits:
     size, channels = int(cfg.image_size), int(cfg.in_channels)
     if channels not in (1, 3):
         raise UserError(f"dataset.in_channels={channels} is not allowed: 1 (grey) or 3 (RGB)")
+    resize = cfg.get("resize", "center_crop")
+    if resize not in RESIZE_CHOICES:
+        raise allowed("dataset.resize", resize, ", ".join(RESIZE_CHOICES))
     split_root = root / "train"
     if split_root.is_dir():
         found = {split: list_class_folder(root / split) for split in SPLIT_FOLDERS if (root / split).is_dir()}
@@ -169,10 +161,10 @@ def load_imagefolder(cfg, seed: int) -> Splits:
         parts = {split: ([files[i] for i in idx], labels[idx]) for split, idx in
                  (("train", train_idx), ("val", val_idx), ("test", test_idx))}
 
-    sources = {split: ArraySource(read_images(f, size, channels), lab) for split, (f, lab) in parts.items()}
+    sources = {split: ArraySource(read_images(f, size, channels, resize), lab) for split, (f, lab) in parts.items()}
     if cfg.get("mean") is not None and cfg.get("std") is not None:
         mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
     else:
-        mean, std = training_stats(cfg, root, parts["train"][0], sources["train"].images)
+        mean, std = training_stats(cfg, root, parts["train"][0], sources["train"].images, resize)
     spec = DataSpec(in_channels=channels, image_size=size, num_classes=len(names), class_names=names, mean=mean, std=std)
     return Splits(sources["train"], sources["val"], sources["test"], spec)
