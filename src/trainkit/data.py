@@ -57,13 +57,17 @@ class Data:
         return torch.stack(images), torch.tensor(labels)
 
 
-def check_output_shape(pipeline, image: np.ndarray, spec: DataSpec, key: str) -> None:
-    """The model is built for image_size x image_size x in_channels: a pipeline must keep that."""
+def check_pipeline_output(pipeline, image: np.ndarray, spec: DataSpec, key: str) -> None:
+    """The model is built for uint8 image_size x image_size x in_channels (preprocess scales the
+    pixels on the device): a pipeline must keep both the size and the dtype."""
     try:
         out = augment(pipeline, image, seed=0)
     except Exception as e:  # a transform that cannot handle these images (size, channels)
         raise UserError(f"{key} fails on a {'x'.join(map(str, image.shape))} training image: "
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if out.dtype != torch.uint8:
+        raise UserError(f"{key} turns uint8 images into {str(out.dtype).removeprefix('torch.')}; it must leave them uint8 "
+                        "(0..255): trainkit converts and normalizes them itself (dataset.preprocess)")
     want = (spec.in_channels, spec.image_size, spec.image_size)
     if tuple(out.shape) != want:
         raise UserError(f"{key} turns {spec.image_size}x{spec.image_size}x{spec.in_channels} images into "
@@ -134,13 +138,13 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
 
 
 def build_data(cfg, device: torch.device) -> Data:
-    seed = int(cfg.trainer.seed)
-    splits = build_splits(cfg.dataset, seed)
+    seed = int(cfg.trainer.seed)  # the data order and the augmentation draws
+    splits = build_splits(cfg.dataset, int(cfg.dataset.get("split_seed", 0)))  # which images are held out
     spec = splits.spec
     train_pipeline = build_pipeline(cfg.augmentation.train, "augmentation.train")
     eval_pipeline = build_pipeline(cfg.augmentation.eval, "augmentation.eval")
     for key, pipeline in (("augmentation.train", train_pipeline), ("augmentation.eval", eval_pipeline)):
-        check_output_shape(pipeline, splits.train.images[0], spec, key)
+        check_pipeline_output(pipeline, splits.train.images[0], spec, key)
     counts_weights = class_weights(splits.train.labels, spec.num_classes)
     sampler_weights = counts_weights[torch.from_numpy(splits.train.labels)] if cfg.dataset.balanced_sampler else None
     loss_weights = _loss_weights(cfg.dataset.class_weights, counts_weights)
@@ -161,9 +165,9 @@ def build_data(cfg, device: torch.device) -> Data:
         test = WorkerLoader(splits.test, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin,
                             persistent=False)  # used once, at the end
         reason = f"{reason}; {workers} worker process(es)"
-    from trainkit.progress import console
+    from trainkit.progress import report
 
-    console.print(f"data loader: {kind} ({reason})")
+    report(f"data loader: {kind} ({reason})")
     preprocess = Preprocess(cfg.dataset.preprocess, spec.mean, spec.std,
                             train_images=splits.train.images if cfg.dataset.preprocess == "zca" else None,
                             zca_epsilon=float(cfg.dataset.get("zca_epsilon", 1e-2))).to(device)
