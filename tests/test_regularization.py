@@ -63,7 +63,7 @@ def test_elastic_net_penalty_is_l1_sum_plus_half_beta_sum_of_squares():
 
 def test_penalties_add_up_and_l2_in_loss_is_half_lambda_sum_of_squares():
     model = known_model()
-    l2 = {"weight_decay": 0.1, "coupling": "loss", "exclude_bias_and_norm": True}
+    l2 = {"weight_decay": 0.1, "coupling": "loss"}
     assert regs(l2=l2).penalty(model).item() == pytest.approx(0.05 * KNOWN_SQUARES, rel=1e-6)
     both = regs(l2=l2, l1={"weight": 0.01}, elastic_net={"l1": 0.02, "beta": 0.3}).penalty(model)
     assert both.item() == pytest.approx(0.05 * KNOWN_SQUARES + 0.03 * KNOWN_L1 + 0.15 * KNOWN_SQUARES, rel=1e-6)

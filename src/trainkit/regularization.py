@@ -18,7 +18,7 @@ from trainkit.errors import allowed
 
 # The knobs of each regularization/<name>.yaml; a misspelt knob fails before training starts.
 KNOBS = {
-    "l2": {"weight_decay", "coupling", "exclude_bias_and_norm"},
+    "l2": {"weight_decay", "coupling"},
     "l1": {"weight"},
     "elastic_net": {"l1", "beta"},
     "dropout": {"p"},
