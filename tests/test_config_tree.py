@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from trainkit.config_check import check_config
 from trainkit.datasets import DataSpec
+from trainkit.metrics import resolve_mode
 from trainkit.optimizers import build_optimizer
 from trainkit.regularization import Regularizers
 from trainkit.schedules import build_schedule
@@ -46,7 +47,8 @@ def test_option_composes_checks_and_builds(group, option):
     regularizers = Regularizers(cfg.regularization, num_classes=spec.num_classes)
     model = build_model(cfg, spec, regularizers.dropout)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
-    schedule = build_schedule(cfg.schedule, optimizer, steps_per_epoch=5, epochs=int(cfg.trainer.epochs), mode=cfg.trainer.mode)
+    schedule = build_schedule(cfg.schedule, optimizer, steps_per_epoch=5, epochs=int(cfg.trainer.epochs),
+                              mode=resolve_mode(cfg.trainer.monitor, cfg.trainer.mode))
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3])
 

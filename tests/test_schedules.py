@@ -158,23 +158,24 @@ def plateau_lrs(schedule_cfg, metrics, mode="max", *knobs):
 
 
 def test_plateau_reduces_after_patience_epochs_without_improvement(schedule_cfg):
-    # patience 2: epochs 3 and 4 do not improve on 0.6 (tolerated), epoch 5 is the third in a row.
+    # patience 2: epochs 3 and 4 do not improve on 0.6, so the LR halves after epoch 4. The count
+    # restarts: epoch 5 (0.6) is one bad epoch, epoch 6 improves, epochs 7 and 8 are two more.
     metrics = [0.5, 0.6, 0.6, 0.59, 0.6, 0.7, 0.7, 0.7, 0.7]
     lrs = plateau_lrs(schedule_cfg, metrics, "max", "schedule.patience=2", "schedule.factor=0.5")
-    assert lrs == pytest.approx([A0] * 5 + [A0 / 2] * 4 + [A0 / 4])
+    assert lrs == pytest.approx([A0] * 4 + [A0 / 2] * 4 + [A0 / 4] + [A0 / 4])
 
 
 def test_plateau_follows_the_trainer_mode(schedule_cfg):
     # mode=min: a falling loss is an improvement, a rising one is not.
-    lrs = plateau_lrs(schedule_cfg, [1.0, 0.9, 0.8, 0.7], "min", "schedule.patience=0", "schedule.factor=0.1")
+    lrs = plateau_lrs(schedule_cfg, [1.0, 0.9, 0.8, 0.7], "min", "schedule.patience=1", "schedule.factor=0.1")
     assert lrs == pytest.approx([A0] * 5)
-    lrs = plateau_lrs(schedule_cfg, [1.0, 1.1, 1.2], "min", "schedule.patience=0", "schedule.factor=0.1")
+    lrs = plateau_lrs(schedule_cfg, [1.0, 1.1, 1.2], "min", "schedule.patience=1", "schedule.factor=0.1")
     assert lrs == pytest.approx([A0, A0, A0 / 10, A0 / 100])
 
 
 def test_plateau_after_warmup_ignores_the_epochs_that_end_during_warmup(schedule_cfg):
     metrics = [0.5] * 5
-    lrs = plateau_lrs(schedule_cfg, metrics, "max", "schedule.patience=1", "schedule.factor=0.5",
+    lrs = plateau_lrs(schedule_cfg, metrics, "max", "schedule.patience=2", "schedule.factor=0.5",
                       "schedule.warmup_epochs=2", "schedule.warmup_start_factor=0.2")
     # Epoch 1 ends mid-warmup (not counted); epoch 2 sets the best; epochs 3 and 4 are bad: drop after epoch 4.
     assert lrs == pytest.approx([0.2 * A0, 0.2 * A0 + 0.8 * A0 / 2, A0, A0, A0 / 2, A0 / 2])

@@ -17,11 +17,12 @@ class EarlyStopping(Callback):
     """Sets `trainer.should_stop` once `monitor` has not improved by more than `min_delta`
     for `patience` epochs in a row. Built as EarlyStopping(**cfg.regularization.early_stopping)."""
 
-    def __init__(self, monitor: str = M.VAL_ACC, mode: str = "max", patience: int = 5, min_delta: float = 0.0):
+    def __init__(self, monitor: str = M.VAL_ACC, mode: str = "auto", patience: int = 5, min_delta: float = 0.0):
         if monitor not in M.MONITORABLE:
             raise allowed("regularization.early_stopping.monitor", monitor, ", ".join(M.MONITORABLE))
-        if mode not in ("max", "min"):
-            raise allowed("regularization.early_stopping.mode", mode, "max or min")
+        if mode not in M.MODES:
+            raise allowed("regularization.early_stopping.mode", mode, "auto, max or min")
+        mode = M.resolve_mode(monitor, mode)
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise allowed("regularization.early_stopping.patience", patience, "a whole number of epochs >= 1")
         if not (isinstance(min_delta, (int, float)) and min_delta >= 0 and not math.isnan(min_delta)):

@@ -12,3 +12,14 @@ LR = "lr"
 EPOCH = "epoch"
 
 MONITORABLE = (VAL_ACC, VAL_LOSS, TRAIN_ACC, TRAIN_LOSS)
+MODES = ("auto", "max", "min")
+
+
+def natural_mode(monitor: str) -> str:
+    """Which way a metric improves: accuracy up, loss down."""
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """'max' or 'min' for `monitor`; 'auto' reads it off the metric's name."""
+    return natural_mode(monitor) if mode == "auto" else mode

@@ -139,12 +139,15 @@ def onecycle(optimizer, horizon: Horizon, pct_start: float = 0.3, div_factor: fl
 def plateau(optimizer, horizon: Horizon, factor: float = 0.1, patience: int = 3, threshold: float = 1.0e-4,
             threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0):
     _check("factor", factor, isinstance(factor, (int, float)) and 0 < factor < 1, "a number in (0, 1)")
-    _check("patience", patience, isinstance(patience, int) and patience >= 0, "a whole number of epochs >= 0")
+    _check("patience", patience, isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1,
+           "a whole number of epochs >= 1")
     _check("cooldown", cooldown, isinstance(cooldown, int) and cooldown >= 0, "a whole number of epochs >= 0")
     _check("threshold", threshold, isinstance(threshold, (int, float)) and threshold >= 0, "a number >= 0")
     _check("threshold_mode", threshold_mode, threshold_mode in ("rel", "abs"), "rel or abs")
     _check("min_lr", min_lr, isinstance(min_lr, (int, float)) and min_lr >= 0, "a number >= 0")
-    return sched.ReduceLROnPlateau(optimizer, mode=horizon.mode, factor=factor, patience=patience, threshold=threshold,
+    # torch's patience counts the bad epochs it tolerates (it cuts on the one after); ours, like
+    # early_stopping.patience, counts the bad epochs after which it acts.
+    return sched.ReduceLROnPlateau(optimizer, mode=horizon.mode, factor=factor, patience=patience - 1, threshold=threshold,
                                    threshold_mode=threshold_mode, cooldown=cooldown, min_lr=min_lr)
 
 
