@@ -57,3 +57,53 @@ def test_optuna_search_maximises_the_returned_metric(tmp_path):
     best = max(float(r["best val/acc"]) for r in rows)
     # Optuna was told the value each run returned, and reports the largest one as the best.
     assert f"Best value: {best}" in result.stdout + result.stderr
+
+
+def test_hparams_tab_compares_the_runs_of_a_sweep(tmp_path):
+    """TensorBoard's own HParams backend, pointed at the sweep, builds its table from all the runs."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins.hparams import backend_context
+
+    result = run_trainkit("train", "-m", "model=mlp", "trainer.epochs=1", "logger.tensorboard.image_grid=0",
+                          "regularization=[dropout],[dropout,l2]", "regularization.dropout.p=0.1,0.5", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "regularization=[dropout,l2]" in result.stdout  # the table shows list overrides as typed
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(sweep))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(sweep))
+    tb = type("TBContext", (), {"data_provider": provider, "multiplexer": multiplexer, "plugin_name_to_instance": {}})()
+    hparams = backend_context.Context(tb)
+    request = context.RequestContext()
+    experiment = hparams.experiment_from_metadata(request, "", include_metrics=True,
+                                                  hparams_run_to_tag_to_content=hparams.hparams_metadata(request, ""),
+                                                  data_provider_hparams=None)
+    infos = {h.name: h for h in experiment.hparam_infos}
+    # Every swept knob is a column, with the values of all four runs, including one only two runs have.
+    assert infos["regularization.dropout.p"].domain_interval.min_value == pytest.approx(0.1)
+    assert infos["regularization.dropout.p"].domain_interval.max_value == pytest.approx(0.5)
+    assert sorted(v.string_value for v in infos["regularization"].domain_discrete.values) == ["dropout", "dropout,l2"]
+    assert "regularization.l2.weight_decay" in infos and "optimizer.lr" in infos
+    metrics = {m.name.tag for m in experiment.metric_infos}
+    assert {"test/acc", "test/loss", "val/acc", "train/loss", "best/val/acc"} <= metrics
+
+
+def test_a_seed_sweep_is_summarised_per_configuration(tmp_path):
+    result = run_trainkit("train", "-m", "model=mlp", "trainer.epochs=1", "logger.tensorboard.image_grid=0",
+                          "optimizer=sgd,adam", "trainer.seed=0,1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    runs = list(csv.DictReader(open(sweep / "summary.csv")))
+    pooled = {r["config"]: r for r in csv.DictReader(open(sweep / "summary_over_seeds.csv"))}
+    assert set(pooled) == {"optimizer=sgd", "optimizer=adam"}
+    for config, row in pooled.items():
+        best = [float(r["best val/acc"]) for r in runs if config in r["overrides"].split()]
+        assert len(best) == 2 and row["runs"] == "2" and row["completed"] == "2"
+        assert float(row["mean best val/acc"]) == pytest.approx(sum(best) / 2)
+        assert float(row["std best val/acc"]) == pytest.approx(abs(best[0] - best[1]) / 2 ** 0.5)
+    means = [float(r["mean best val/acc"]) for r in csv.DictReader(open(sweep / "summary_over_seeds.csv"))]
+    assert means == sorted(means, reverse=True)
+    assert "over seeds: mean ± std" in result.stdout

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
+from rich.markup import escape
 from rich.table import Table
 
+from trainkit import metrics as M
 from trainkit.progress import console
-from trainkit.run_record import RunRecord
+from trainkit.run_record import COMPLETED, RunRecord
 
 FAILED_JOBS: list[str] = []  # read by the CLI to choose the exit code of a sweep
 
@@ -40,7 +43,7 @@ def rank(runs: list[dict], mode: str) -> list[dict]:
 
     def key(run):
         best = run.get("best")
-        ok = run.get("status") == "completed" and best is not None and not math.isnan(best)
+        ok = run.get("status") == COMPLETED and best is not None and not math.isnan(best)
         return (0 if ok else 1, -best if ok and mode == "max" else (best if ok else 0.0))
 
     return sorted(runs, key=key)
@@ -53,14 +56,14 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     monitor = next((r["monitor"] for r in runs if r.get("monitor")), "val/acc")
     mode = next((r["mode"] for r in runs if r.get("mode")), "max")
     ranked = rank(runs, mode)
-    columns = ["rank", "job", "status", f"best {monitor}", "best_epoch", "test/acc", "test/loss", "epochs_run",
+    columns = ["rank", "job", "status", f"best {monitor}", "best_epoch", M.TEST_ACC, M.TEST_LOSS, "epochs_run",
                "wall_time_s", "overrides", "dir", "message"]
     swept = varying_overrides(runs)
     rows = []
     for i, run in enumerate(ranked, 1):
         test = run.get("test") or {}
         rows.append({"rank": i, "job": run["job"], "status": run.get("status"), f"best {monitor}": run.get("best"),
-                     "best_epoch": run.get("best_epoch"), "test/acc": test.get("test/acc"), "test/loss": test.get("test/loss"),
+                     "best_epoch": run.get("best_epoch"), M.TEST_ACC: test.get(M.TEST_ACC), M.TEST_LOSS: test.get(M.TEST_LOSS),
                      "epochs_run": run.get("epochs_run"), "wall_time_s": run.get("wall_time_s"),
                      "overrides": run["overrides"], "dir": run["dir"], "message": run.get("message") or ""})
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
@@ -68,17 +71,74 @@ def write_summary(sweep_dir: Path) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     table = Table(title=f"sweep {sweep_dir} ranked by {monitor} ({mode})", header_style="bold")
-    shown = ("rank", "job", "status", f"best {monitor}", "test/acc", "epochs_run")
+    shown = ("rank", "job", "status", f"best {monitor}", M.TEST_ACC, "epochs_run")
     for col in shown:
         table.add_column(col, justify="left" if col == "status" else "right")
     table.add_column("overrides", overflow="fold")
     for row in rows:
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-        table.add_row(*(fmt(row[c]) for c in shown), swept[row["job"]],
-                      style=None if row["status"] == "completed" else "red")
+        # escape: an override like regularization=[l2,dropout] is not rich markup
+        table.add_row(*(fmt(row[c]) for c in shown), escape(swept[row["job"]]),
+                      style=None if row["status"] == COMPLETED else "red")
     console.print(table)
     console.print(f"summary: {sweep_dir / 'summary.csv'}")
+    if seeds_vary(runs):
+        write_seed_summary(sweep_dir, runs, monitor, mode)
     return rows
+
+
+SEED = "trainer.seed"
+
+
+def seeds_vary(runs: list[dict]) -> bool:
+    return len({o for r in runs for o in r["override_list"] if o.startswith(SEED + "=")}) > 1
+
+
+def write_seed_summary(sweep_dir: Path, runs: list[dict], monitor: str, mode: str) -> list[dict]:
+    """One row per configuration, its runs over the swept seeds pooled: mean and spread, so a
+    comparison says whether a gap is larger than the seed-to-seed noise. Completed runs only."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        config = " ".join(o for o in run["override_list"] if not o.startswith(SEED + "="))
+        groups.setdefault(config, []).append(run)
+    swept = varying_overrides([{**r, "override_list": [o for o in r["override_list"] if not o.startswith(SEED + "=")]}
+                               for r in runs])
+    rows = []
+    for config, members in groups.items():
+        done = [r for r in members if r.get("status") == COMPLETED and r.get("best") is not None]
+        best = [float(r["best"]) for r in done]
+        test = [float(r["test"][M.TEST_ACC]) for r in done if (r.get("test") or {}).get(M.TEST_ACC) is not None]
+        rows.append({"config": swept[members[0]["job"]] or config, "runs": len(members), "completed": len(done),
+                     f"mean best {monitor}": mean(best), f"std best {monitor}": std(best),
+                     f"mean {M.TEST_ACC}": mean(test), f"std {M.TEST_ACC}": std(test)})
+    key = f"mean best {monitor}"
+    rows.sort(key=lambda r: (r[key] is None, -(r[key] or 0) if mode == "max" else (r[key] or 0)))
+    with open(sweep_dir / "summary_over_seeds.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = Table(title=f"over seeds: mean ± std of each configuration, ranked by {monitor} ({mode})", header_style="bold")
+    for col in ("config", "runs", f"best {monitor}", M.TEST_ACC):
+        table.add_column(col, justify="left" if col == "config" else "right")
+    for row in rows:
+        table.add_row(escape(row["config"]), f"{row['completed']}/{row['runs']}",
+                      pm(row[f"mean best {monitor}"], row[f"std best {monitor}"]), pm(row[f"mean {M.TEST_ACC}"], row[f"std {M.TEST_ACC}"]))
+    console.print(table)
+    console.print(f"summary over seeds: {sweep_dir / 'summary_over_seeds.csv'}")
+    return rows
+
+
+def mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def std(values: list[float]) -> float | None:
+    """The sample standard deviation (n - 1); 0 for a single run."""
+    return statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+
+
+def pm(m: float | None, s: float | None) -> str:
+    return "" if m is None else f"{m:.4f} ± {s:.4f}"
 
 
 class SweepSummary(HydraCallback):
@@ -87,4 +147,4 @@ class SweepSummary(HydraCallback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        FAILED_JOBS.extend(r["job"] for r in rows if r["status"] != "completed")
+        FAILED_JOBS.extend(r["job"] for r in rows if r["status"] != COMPLETED)
