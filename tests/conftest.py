@@ -45,14 +45,22 @@ def shared_data() -> Path:
     return require_shared()
 
 
-def run_trainkit(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
-    """The real `trainkit` command in a subprocess (what a user types), output captured."""
-    import subprocess
+def trainkit_command() -> list[str]:
+    """The installed `trainkit` console script beside this Python (what a user types)."""
     import sys
+
+    script = Path(sys.executable).parent / "trainkit"
+    assert script.is_file(), f"{script} is missing: install trainkit (pip install -e '.[test]') in this environment"
+    return [str(script)]
+
+
+def run_trainkit(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None):
+    """The real `trainkit` command in a subprocess, output captured."""
+    import subprocess
 
     full_env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("TRAINKIT_OUTPUT_DIR", None)
-    return subprocess.run([sys.executable, "-m", "trainkit", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([*trainkit_command(), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 
 

@@ -6,6 +6,8 @@ Each case runs the real `trainkit` command; exit code 2 for user errors, nothing
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,40 @@ OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "conf
 CASES = [
     (["optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
     (["-m", "optimizer=sgd,adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
-    (["optimizer.lrr=0.1"], "optimizer.lrr=0.1: there is no key 'optimizer.lrr' in the config (see the keys of "
-                            "'optimizer' with --cfg job); to add a new key write +optimizer.lrr=0.1"),
+    (["optimizer.lrr=0.1"], "optimizer.lrr=0.1: there is no key 'optimizer.lrr' in the config (did you mean lr?); "
+                            "optimizer takes betas, eps, exclude_bias_and_norm, lr, weight_decay "
+                            "(+optimizer.lrr=... adds an argument its _target_ accepts)"),
+    (["trainer.epoch=3"], "trainer.epoch=3: there is no key 'trainer.epoch' in the config (did you mean epochs?); trainer "
+                          "takes batch_size, device, epochs, eval_batch_size, limit_test_batches, limit_train_batches, "
+                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, precision, progress, seed"),
+    (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
+                          "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
+                          "optimizer, regularization, logger, paths"),
+    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
+                         "limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
+                         "on_nan, precision, progress, seed"),
+    (["+optimizer.lrr=3"], "optimizer.lrr=3: unknown key for torch.optim.Adam (did you mean lr?); allowed: amsgrad, betas, "
+                           "capturable, decoupled_weight_decay, differentiable, eps, exclude_bias_and_norm, foreach, fused, "
+                           "lr, maximize, weight_decay"),
+    (["logger.tensorboard.enabled=maybe"], "logger.tensorboard.enabled='maybe' is not allowed: true, false"),
+    (["+logger.tensorboard.foo=1"], "logger.tensorboard.foo=1: unknown key; logger.tensorboard takes enabled, image_grid"),
+    (["regularization=[l2,dropot]"], "regularization=dropot is not allowed: the regularization options are cutmix, dropout, "
+                                     "early_stopping, elastic_net, grad_clip, l1, l2, label_smoothing, mixup, none"),
+    (["optimizer.lr=${oc.env:TRAINKIT_NO_SUCH_VARIABLE}"], "optimizer.lr: KeyError raised while resolving interpolation: "
+                                                          "\"Environment variable 'TRAINKIT_NO_SUCH_VARIABLE' not found\""),
+    (["--config-dir", "/nonexistent"], "--config-dir=/nonexistent is not allowed: no such folder (it should hold your own "
+                                      "config groups, e.g. my_configs/optimizer/fast_sgd.yaml)"),
+    (["--config-name", "nope"], "--config-name=nope is not allowed: there is no nope.yaml in trainkit's configs or --config-dir"),
+    (["--config-dir", "typo_configs", "optimizer=typo_sgd"],
+     "optimizer.lrr=0.2: unknown key for torch.optim.SGD (did you mean lr?); allowed: dampening, differentiable, "
+     "exclude_bias_and_norm, foreach, fused, lr, maximize, momentum, nesterov, weight_decay"),
+    (["--config-dir", "typo_configs", "optimizer=broken"],
+     "WORKDIR/typo_configs/optimizer/broken.yaml, line 5: not valid YAML: expected ',' or ']', but got '<stream end>' "
+     "(while parsing a flow sequence)"),
+    (["hydra.run.dir=/proc/forbidden"], "hydra.run.dir='/proc/forbidden' is not allowed: cannot make a folder in /proc "
+                                        "(No such file or directory)"),
+    (["paths.output_root=mlp_run/metrics.json"],
+     "hydra.run.dir='mlp_run/metrics.json/runs/RUN' is not allowed: WORKDIR/mlp_run/metrics.json is a file, not a folder"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: a number > 0"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number > 0"),
@@ -34,7 +68,26 @@ CASES = [
     (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: auto, cpu, cuda, cuda:N or mps"),
     (["trainer.precision=8"], "trainer.precision=8 is not allowed: auto, 32, bf16 or 16"),
     (["trainer.monitor=val/accuracy"], "trainer.monitor='val/accuracy' is not allowed: val/acc, val/loss, train/acc, train/loss"),
-    (["trainer.mode=maximum"], "trainer.mode='maximum' is not allowed: max, min"),
+    (["trainer.mode=maximum"], "trainer.mode='maximum' is not allowed: auto, max, min"),
+    (["trainer.monitor=val/loss", "trainer.mode=max"],
+     "trainer.mode='max' is not allowed with trainer.monitor='val/loss': a loss improves downwards; use min or auto"),
+    (["regularization=[early_stopping]", "regularization.early_stopping.monitor=train/acc", "regularization.early_stopping.mode=min"],
+     "regularization.early_stopping.mode='min' is not allowed with regularization.early_stopping.monitor='train/acc': "
+     "an accuracy improves upwards; use max or auto"),
+    (["norm.kind=foo"], "norm.kind='foo' is not allowed: batch, layer, group, instance, none, weight, spectral"),
+    (["init=kaiming", "init.mode=fan"], "init.mode='fan' is not allowed: fan_in or fan_out"),
+    (["model=mlp", "model.hidden=[0]"], "model.hidden=[0] is not allowed: a list of whole numbers >= 1 (one width per layer)"),
+    (["activation=leaky_relu", "activation.negative_slope=abc"],
+     "activation.negative_slope='abc' is not allowed: TypeError: leaky_relu(): argument 'negative_slope' (position 2) "
+     "must be Number, not str"),
+    (["schedule=step", "schedule.gamma=0"], "schedule.gamma=0 is not allowed: a number > 0"),
+    (["optimizer=rmsprop", "optimizer.alpha=1.2"], "optimizer.alpha=1.2 is not allowed: a number in [0, 1)"),
+    (["optimizer=lookahead", "optimizer/base=lbfgs"],
+     "optimizer/base=lbfgs is not allowed: a wrapper (lookahead, ranger) moves the weights between L-BFGS steps, which "
+     "corrupts the curvature pairs L-BFGS keeps; use optimizer=lbfgs on its own"),
+    (["optimizer=lbfgs", "dataset.balanced_sampler=true"],
+     "dataset.balanced_sampler=true is not allowed with optimizer=lbfgs: resampling the full batch every epoch changes "
+     "the objective under L-BFGS; use dataset.class_weights=auto instead"),
     (["dataset.preprocess=whiten"], "dataset.preprocess='whiten' is not allowed: standardize, center, none, zca"),
     (["dataset.loader=gpu"], "dataset.loader='gpu' is not allowed: auto, device, workers"),
     (["norm=group", "norm.num_groups=7"], "norm.num_groups=7 is not allowed: must divide every layer width; 32 is not a multiple"),
@@ -43,13 +96,15 @@ CASES = [
                               "(and optionally val/ and test/), or with one sub-folder of images per class"),
     (["dataset=imagefolder", "dataset.root=/nonexistent"], "dataset.root='/nonexistent': /nonexistent is not a folder; put one "
                                                          "sub-folder of images per class there (or train/<class>/, val/<class>/, test/<class>/)"),
+    (["dataset=imagefolder", "dataset.root=/nonexistent", "dataset.resize=squash"],
+     "dataset.resize='squash' is not allowed: center_crop, stretch"),
     (["dataset=mnist", "dataset.data_dir=/nonexistent", "dataset.download=false"],
      "dataset=mnist: could not read the files in /nonexistent/MNIST/raw (dataset.download is false: Dataset not found. You can "
      "use download=True to download it); put the unpacked idx files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
      "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte there, or set dataset.data_dir (or TRAINKIT_DATA_DIR) to the folder "
      "that holds MNIST/raw"),
     (["augmentation.train=[{_target_: albumentations.HorizontalFlip, q: 2}]"],
-     "augmentation.train[0].q: unknown key for albumentations.HorizontalFlip; allowed: p"),
+     "augmentation.train[0].q=2: unknown key for albumentations.HorizontalFlip; allowed: p"),
     (["augmentation.train=[{_target_: albumentations.HorizontalFlip, p: 2}]"],
      "augmentation.train[0] (albumentations.HorizontalFlip): p=2 is not allowed: input should be less than or equal to 1"),
     (["augmentation.train=[{_target_: albumentations.Flipp}]"],
@@ -63,6 +118,15 @@ CASES = [
     (["resume=evil.pt"], "checkpoint evil.pt: refused, it asks to call posix.system; loading it could run code "
                          "(a checkpoint is read as data only)"),
     (["resume=foreign.pt"], f"checkpoint foreign.pt: not a trainkit checkpoint (no '{FORMAT}' format marker)"),
+    (["resume=mlp_run"], "resume=mlp_run/checkpoints/last.pt is not allowed: that run completed its 1 epochs, so nothing "
+                         "is left to resume (a larger trainer.epochs extends a run whose schedule has no planned length)"),
+    (["resume=mlp_run", "trainer.monitor=val/loss"],
+     "trainer.monitor='val/loss' is not allowed on resume: the run in mlp_run/checkpoints/last.pt was trained with "
+     "trainer.monitor='val/acc', and a resumed run continues the same training; start a new run to change it"),
+    (["resume=loose.pt", "hydra.run.dir=mlp_run_copy"],
+     "hydra.run.dir='mlp_run_copy' already holds a run; choose another folder, or continue that run with resume=mlp_run_copy"),
+    (["-m", "optimizer=sgd,adam", "hydra.sweep.dir=old_sweep"],
+     "hydra.sweep.dir='old_sweep' already holds a sweep; choose another folder (by default each sweep gets a new one)"),
     (["resume=mlp_run", "model.hidden=[32,16]"],
      "model.hidden=[32, 16] is not allowed on resume: the run in mlp_run/checkpoints/last.pt was trained with "
      "model.hidden=[256, 128], and a resumed run continues the same training; start a new run to change it"),
@@ -76,7 +140,10 @@ CASES = [
      "regularization=dropout is not allowed with optimizer=lbfgs: its line search needs the same loss at every "
      "evaluation; drop it (l2, l1, elastic_net and label_smoothing are fine)"),
     (["schedule.warmup_epochs=20", "trainer.epochs=2"],
-     "a warmup of 420 steps is not allowed in a run of 42 steps (2 epochs x 21): lower schedule.warmup_epochs or "
+     "schedule.warmup_epochs=20 is not allowed: fewer epochs than the run's trainer.epochs=2: the warmup must end "
+     "before the run does"),
+    (["schedule.warmup_steps=50", "trainer.epochs=2"],
+     "a warmup of 50 steps is not allowed in a run of 42 steps (2 epochs x 21): lower schedule.warmup_epochs or "
      "schedule.warmup_steps"),
     (["optimizer=nesterov", "optimizer.momentum=0"],
      "optimizer (torch.optim.SGD): Nesterov momentum requires a momentum and zero dampening"),
@@ -97,6 +164,12 @@ def workdir(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("bad")
     result = run_trainkit("train", "trainer.epochs=1", "model=mlp", "hydra.run.dir=mlp_run", cwd=cwd)
     assert result.returncode == 0, result.stderr
+    shutil.copytree(cwd / "mlp_run", cwd / "mlp_run_copy")  # another run's folder, which a loose .pt must not enter
+    shutil.copy(cwd / "mlp_run" / "checkpoints" / "best.pt", cwd / "loose.pt")
+    (cwd / "old_sweep" / "0" / ".hydra").mkdir(parents=True)  # a sweep's job folder
+    (cwd / "typo_configs" / "optimizer").mkdir(parents=True)  # a user's own option with a misspelt knob
+    (cwd / "typo_configs" / "optimizer" / "typo_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlrr: 0.2\n")
+    (cwd / "typo_configs" / "optimizer" / "broken.yaml").write_text("defaults:\n  - sgd\nlr: 0.1\nbetas: [0.9, 0.99\n")
     data = (cwd / "mlp_run" / "checkpoints" / "last.pt").read_bytes()
     (cwd / "trunc.pt").write_bytes(data[: len(data) // 2])
     torch.save({"format": FORMAT, "model": Exploit(), "epoch": 0, "global_step": 0, "config": {}}, cwd / "evil.pt")
@@ -113,6 +186,8 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, args, message):
     before = snapshot(workdir)
     result = run_trainkit("train", *args, cwd=workdir, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
+    run_name = re.search(r"/runs/([^/']+)'", result.stderr)  # a timestamped folder name
+    message = message.replace("WORKDIR", str(workdir)).replace("RUN", run_name.group(1) if run_name else "RUN")
     assert result.stderr == f"error: {message}\n"
     assert "Traceback" not in result.stdout
     assert snapshot(workdir) == before  # no run folder, no checkpoint touched

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_scalars, run_trainkit
+from conftest import read_scalars, run_trainkit, trainkit_command
 
 ARGS = ("train", "trainer.epochs=4", "trainer.batch_size=32")
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "trainkit", *args], cwd=cwd, env=env,
+    return subprocess.Popen([*trainkit_command(), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -151,4 +151,48 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     out = "".join(lines)
     assert proc.returncode == 130, out
     assert "SIGINT again: exiting now, without saving." in out
-    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["status"] == "running"
+    record = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "second signal" in record["message"]
+
+
+def test_a_run_still_training_cannot_be_resumed_by_a_second_process(tmp_path):
+    proc = start(tmp_path, "train", "trainer.epochs=200", "schedule=constant", "hydra.run.dir=live")
+    try:
+        wait_for(tmp_path / "live", lambda r: r["epochs_run"] >= 1, proc)
+        second = run_trainkit("train", "resume=live", "trainer.epochs=300", cwd=tmp_path)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr == ("error: resume=live is not allowed: that run is still training in another process; "
+                                 "wait for it to end (or stop it with Ctrl-C) and resume it then\n")
+        assert proc.poll() is None  # the first run goes on, its folder untouched
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    resumed = run_trainkit("train", "resume=live", "trainer.epochs=2", cwd=tmp_path)  # now free: the lock died with it
+    assert resumed.returncode == 0 or "trainer.epochs=2 is not allowed on resume" in resumed.stderr, resumed.stderr
+
+
+def test_resume_auto_skips_a_run_another_process_holds(tmp_path):
+    from trainkit.resume import find_resumable
+    from trainkit.run_lock import RunLock
+
+    run_dir = tmp_path / "runs" / "a"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted", "config_hash": "h"}))
+    with RunLock(run_dir):
+        assert find_resumable(tmp_path, "h") is None
+    assert find_resumable(tmp_path, "h") == run_dir
+
+
+def test_ctrl_c_stops_the_whole_sweep(tmp_path):
+    proc = start(tmp_path, "train", "-m", "trainer.seed=1,2,3", "trainer.epochs=100", "schedule=constant",
+                 "hydra.sweep.dir=sweep")
+    wait_for(tmp_path / "sweep" / "0", lambda r: r["epochs_run"] >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "the sweep stops here" in out
+    assert not (tmp_path / "sweep" / "1").exists()  # the jobs after it never started
+    rows = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",interrupted," in rows[1]

@@ -105,6 +105,32 @@ def test_help_lists_groups_and_options(tmp_path):
     assert "train" in top.stdout and "preview" in top.stdout
 
 
+@pytest.mark.parametrize("line,offered", [
+    ("trainkit ", "train preview"),
+    ("trainkit train optimizer=ad", "optimizer=adagrad optimizer=adam optimizer=adamw"),
+    ("trainkit train trainer.ep", "trainer.epochs="),
+    ("trainkit preview ou", "out="),
+])
+def test_shell_completion_offers_commands_groups_options_and_keys(tmp_path, line, offered):
+    # What bash's completion hook (eval "$(trainkit train -sc install=bash)") asks for at each <TAB>.
+    result = run_trainkit("-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == offered.split()
+    install = run_trainkit("train", "-sc", "install=bash", cwd=tmp_path)
+    assert "complete -o nospace -o default -F hydra_bash_completion trainkit" in install.stdout
+
+
+def test_info_and_searchpath_work_as_in_any_hydra_app(tmp_path):
+    info = run_trainkit("train", "--info", "searchpath", cwd=tmp_path)
+    assert info.returncode == 0 and "pkg://trainkit.configs" in info.stdout
+    (tmp_path / "extra" / "optimizer").mkdir(parents=True)
+    (tmp_path / "extra" / "optimizer" / "slow_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlr: 0.001\n")
+    cfg = run_trainkit("train", f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "optimizer=slow_sgd", "--cfg", "job",
+                       cwd=tmp_path)
+    assert cfg.returncode == 0, cfg.stderr
+    assert OmegaConf.create(cfg.stdout).optimizer.lr == 0.001
+
+
 def test_cfg_job_prints_composed_config_without_running(tmp_path):
     result = run_trainkit("train", "optimizer=sgd", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -157,27 +183,57 @@ def test_divergence_after_a_good_epoch_leaves_the_checkpoints_as_they_were(tmp_p
 
 
 def test_nan_loss_skip_drops_the_update_and_goes_on(tmp_path):
+    # Step 1 is finite and blows the weights up; from step 2 every loss is NaN. Epoch 1 keeps its
+    # one good step and skips the other 20; epoch 2 has no good step left, which is divergence.
     result = run_trainkit("train", "optimizer=sgd", "norm=none", "optimizer.lr=1e12", "trainer.epochs=2",
                           "trainer.on_nan=skip", "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 3, result.stdout + result.stderr
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert record["status"] == "completed" and record["epochs_run"] == 2
+    assert record["status"] == "diverged" and record["epochs_run"] == 1
+    assert record["skipped_steps"] == 20 + 21
+    assert record["message"] == ("every step of epoch 2 had a non-finite loss (21 skipped); lower optimizer.lr or add "
+                                 "regularization=[grad_clip]")
+    assert "epoch 1/2  train/loss " in result.stdout  # the epoch it finished, from its one counted step
 
 
 def test_own_config_folder_adds_an_option_and_resume_keeps_it(tmp_path):
     (tmp_path / "my_configs" / "optimizer").mkdir(parents=True)
     (tmp_path / "my_configs" / "optimizer" / "fast_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlr: 0.2\n")
-    result = run_trainkit("train", "--config-dir", "my_configs", "optimizer=fast_sgd", "trainer.epochs=1",
+    result = run_trainkit("train", "--config-dir", "my_configs", "optimizer=fast_sgd", "schedule=constant",
+                          "trainer.epochs=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["config"]["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2,
+                                            "weight_decay": 0.0, "exclude_bias_and_norm": True}
+    # The run records where its options came from, so extending it needs no --config-dir.
+    again = run_trainkit("train", "resume=run", "trainer.epochs=2", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed from run/checkpoints/last.pt: epoch 1" in again.stdout
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs_run"] == 2
+    unknown = run_trainkit("train", "optimizer=fast_sgd", cwd=tmp_path)
+    assert unknown.returncode == 2 and "optimizer=fast_sgd is not allowed" in unknown.stderr
+
+
+def test_own_root_config_with_config_name(tmp_path):
+    # --config-name picks another root config; the pre-run check composes the same one Hydra runs.
+    (tmp_path / "my_configs").mkdir()
+    (tmp_path / "my_configs" / "mytrain.yaml").write_text(
+        "defaults:\n  - train\n  - override model: mlp\n  - _self_\ntrainer:\n  epochs: 1\n")
+    result = run_trainkit("train", "--config-dir", "my_configs", "--config-name", "mytrain", "model.hidden=[32]",
                           "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
-    assert saved["config"]["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2}
-    # The run records where its options came from, so resuming it needs no --config-dir.
-    again = run_trainkit("train", "resume=run", cwd=tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resumed from run/checkpoints/last.pt: epoch 1" in again.stdout
-    unknown = run_trainkit("train", "optimizer=fast_sgd", cwd=tmp_path)
-    assert unknown.returncode == 2 and "optimizer=fast_sgd is not allowed" in unknown.stderr
+    assert saved["config"]["model"]["hidden"] == [32] and saved["epoch"] == 1
+
+
+def test_the_run_log_holds_what_the_terminal_showed(default_run):
+    _, run_dir, result = default_run
+    log = (run_dir / "train.log").read_text()
+    for line in ("run dir: ", "data: digits, 1293 train / 144 val / 360 test", "weight decay: none",
+                 "epoch 1/10  train/loss", "epoch 10/10  train/loss", "results: "):
+        assert line in log, line
+    assert log.count("[trainkit][INFO]") >= 14
+    assert "epoch 10/10  train/loss" in result.stdout and result.stdout.count("epoch 10/10") == 1  # shown once
 
 
 def test_gradient_clipping_logs_the_gradient_norm(tmp_path):

@@ -39,8 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         return
     if argv[0] in ("-sc", "--shell-completion"):
-        argv = ["train", *argv]  # Hydra's completion script calls `trainkit -sc query=bash`
-        drop_subcommand_from_completion_line()
+        # Hydra's completion script calls `trainkit -sc query=bash` with the line in COMP_LINE.
+        command = command_being_completed()
+        if command is None:
+            return
+        argv = [command, *argv]
     command, rest = argv[0], argv[1:]
     if command not in APPS:
         fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
@@ -53,7 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     # Hydra's completion script registers itself for sys.argv[0]: that must be the command itself.
     sys.argv = ["trainkit" if completing else f"trainkit {command}", *rest]
     module = __import__(APPS[command], fromlist=["main"])
-    module.main()
+    try:
+        module.main()
+    except KeyboardInterrupt:  # between a sweep's jobs, or while Hydra starts: no traceback
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     if command == "train":
         from trainkit.sweep_summary import FAILED_JOBS
 
@@ -67,14 +74,24 @@ def fail(message: str) -> None:
     raise SystemExit(USER_ERROR_EXIT_CODE)
 
 
-def drop_subcommand_from_completion_line() -> None:
+def command_being_completed() -> str | None:
+    """The subcommand whose arguments the shell is completing, with it cut out of COMP_LINE so
+    that its Hydra app sees the line it expects; None (after printing the matching subcommands,
+    or nothing) while the subcommand itself is being typed."""
     line = os.environ.get("COMP_LINE", "")
     words = line.split(" ")
-    if len(words) > 1 and words[1] == "train":
-        cut = len(words[0]) + len(" train")
-        os.environ["COMP_LINE"] = words[0] + line[cut:]
-        point = int(os.environ.get("COMP_POINT", len(line)))
-        os.environ["COMP_POINT"] = str(max(len(words[0]), point - len(" train")))
+    if len(words) <= 2:  # `trainkit <TAB>` or `trainkit tr<TAB>`
+        typed = words[1] if len(words) == 2 else ""
+        print(" ".join(c for c in APPS if c.startswith(typed)))
+        return None
+    command = words[1]
+    if command not in APPS:
+        return None
+    cut = len(words[0]) + len(" " + command)
+    os.environ["COMP_LINE"] = words[0] + line[cut:]
+    point = int(os.environ.get("COMP_POINT", len(line)))
+    os.environ["COMP_POINT"] = str(max(len(words[0]), point - len(" " + command)))
+    return command
 
 
 def prepare_train(args: list[str]) -> list[str]:
@@ -82,41 +99,69 @@ def prepare_train(args: list[str]) -> list[str]:
     from hydra._internal.utils import get_args_parser
 
     from trainkit import preflight
-    from trainkit.checkpoints import load_checkpoint
-    from trainkit.config_check import config_hash
-    from trainkit.resume import find_resumable, original_config_dirs, original_overrides, resolve_resume_target
 
     parsed, _ = get_args_parser().parse_known_intermixed_args(args)
     overrides = list(parsed.overrides or [])
     options = [a for a in args if a not in overrides]  # Hydra's own flags, passed on as given
-    config_dirs = [str(Path(parsed.config_dir).resolve())] if parsed.config_dir else []
+    sources = preflight.ConfigSources(
+        dirs=(config_dir(parsed.config_dir),) if parsed.config_dir else (), name=parsed.config_name or "train")
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     overrides = [o for o in overrides if not o.startswith("resume=")]
     if resume and parsed.multirun:
         raise UserError(f"resume={resume} is not allowed with -m: resume one run at a time")
     if resume == "auto":
-        cfg = preflight.compose_checked(overrides, config_dirs).cfg
-        run_dir = find_resumable(Path(cfg.paths.output_root), config_hash(cfg))
-        if run_dir is None:
-            print(f"resume=auto: no unfinished run of this config under {cfg.paths.output_root}/runs; starting a new run")
+        resume = resume_auto(overrides, sources)
+        if resume is None:
             return [*options, *overrides]
-        resume = str(run_dir)
     if resume and resume != "null":
-        run_dir, checkpoint = resolve_resume_target(resume)
-        payload = load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
-        if run_dir is None:  # a checkpoint file from elsewhere: its weights and state start a new run folder
-            overrides = [*overrides, f"resume={checkpoint}"]
-        else:
-            if not config_dirs:
-                config_dirs = original_config_dirs(run_dir)
-                options += [f"--config-dir={d}" for d in config_dirs[:1]]
-            overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
-        composed = preflight.compose_checked(overrides, config_dirs)
-        preflight.check_resumable(composed.cfg, payload, checkpoint)
-        return [*options, *overrides]
-    preflight.check_all(overrides, parsed.multirun, config_dirs)
+        return prepare_resume(resume, overrides, options, sources)
+    preflight.check_all(overrides, parsed.multirun, sources)
     return args
 
 
-def args_without_resume(args: list[str]) -> list[str]:
-    return [a for a in args if not a.startswith("resume=")]
+def config_dir(path: str) -> str:
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"--config-dir={path} is not allowed: no such folder (it should hold your own config groups, "
+                        "e.g. my_configs/optimizer/fast_sgd.yaml)")
+    return str(folder)
+
+
+def resume_auto(overrides: list[str], sources) -> str | None:
+    """The newest unfinished run of this config that no process is training, or None (a new run)."""
+    from trainkit import preflight
+    from trainkit.config_check import config_hash
+    from trainkit.resume import find_resumable
+
+    cfg = preflight.compose_checked(overrides, sources).cfg
+    run_dir = find_resumable(Path(cfg.paths.output_root), config_hash(cfg))
+    if run_dir is None:
+        print(f"resume=auto: no unfinished run of this config under {cfg.paths.output_root}/runs; starting a new run")
+        return None
+    return str(run_dir)
+
+
+def prepare_resume(resume: str, overrides: list[str], options: list[str], sources) -> list[str]:
+    """Hydra's arguments that continue `resume` (a run folder or a .pt file), once it is known to fit."""
+    from trainkit import preflight
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.resume import original_config_dirs, original_config_name, original_overrides, refuse_unresumable, resolve_resume_target
+
+    run_dir, checkpoint = resolve_resume_target(resume)
+    payload = load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
+    if run_dir is None:  # a checkpoint file from elsewhere: its weights and state start a new run folder
+        overrides = [*overrides, f"resume={checkpoint}"]
+    else:
+        refuse_unresumable(run_dir)
+        if not sources.dirs:
+            sources = preflight.ConfigSources(tuple(original_config_dirs(run_dir)), sources.name)
+            options = [*options, *(f"--config-dir={d}" for d in sources.dirs[:1])]
+        if sources.name == "train" and original_config_name(run_dir) not in (None, "train"):
+            sources = preflight.ConfigSources(sources.dirs, original_config_name(run_dir))
+            options = [*options, f"--config-name={sources.name}"]
+        overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
+    composed = preflight.compose_checked(overrides, sources)
+    if run_dir is None:
+        preflight.refuse_used_run_dir(composed.run_dir)
+    preflight.check_resumable(composed.cfg, payload, checkpoint)
+    return [*options, *overrides]

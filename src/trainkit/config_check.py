@@ -7,6 +7,7 @@ problem is one line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import inspect
@@ -16,9 +17,11 @@ import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from trainkit.errors import UserError, allowed
-from trainkit.metrics import MONITORABLE
+from trainkit.metrics import MODES, MONITORABLE, natural_mode
+from trainkit.optimizers import OWN_KEYS as OPTIMIZER_OWN_KEYS
 from trainkit.schedules import WARMUP_KEYS
 
 
@@ -50,9 +53,16 @@ def non_negative(v) -> bool:
 
 
 def one_of(*choices):
-    check = lambda v: v in choices  # noqa: E731
-    check.what = ", ".join(map(str, choices))
+    check = lambda v: any(v == c and type(v) is type(c) for c in choices)  # noqa: E731  (1 is not True)
+    check.what = ", ".join(map(as_yaml, choices))
     return check
+
+
+def as_yaml(value) -> str:
+    """A choice as the user writes it: true, false, null."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
 
 
 def optional(check):
@@ -93,9 +103,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {
         "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": device_name,
         "precision": precision, "seed": whole(0),
-        "monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "on_nan": one_of("stop", "skip"),
+        "monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "on_nan": one_of("stop", "skip"),
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
-        "limit_val_batches": optional(whole(1)), "progress": one_of("auto", True, False),
+        "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
     },
     "dataset": {
         "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
@@ -104,19 +114,58 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "mean": None, "std": None, "preprocess": one_of("standardize", "center", "none", "zca"),
         "loader": one_of("auto", "device", "workers"), "workers": None,
         "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
-        "zca_epsilon": positive,
+        "zca_epsilon": positive, "resize": one_of("center_crop", "stretch"), "split_seed": whole(0),
     },
     "augmentation": {"train": None, "eval": None},
     "logger": {"tensorboard": None},
+    "logger.tensorboard": {"enabled": one_of(True, False), "image_grid": whole(0)},
     "paths": {"data_dir": None, "output_root": None, "cache_dir": None},
 }
+# The top level of train.yaml: its groups and its own two keys.
+ROOT_KEYS = ("task_name", "resume", "dataset", "augmentation", "model", "norm", "activation", "init", "trainer",
+             "schedule", "optimizer", "regularization", "logger", "paths")
+
+
+def shown(node: DictConfig, key: str) -> str:
+    """The value at node[key] for a message: its repr, cut short; an unresolvable one as written."""
+    try:
+        value = node.get(key)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    except OmegaConfBaseException:
+        value = "?"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def did_you_mean(key: str, choices) -> str:
+    """' (did you mean epochs?)' for a near miss, else ''."""
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def widths(v) -> bool:
+    return OmegaConf.is_list(v) and all(whole_at_least(1)(w) for w in v)
+
+
+widths.what = "a list of whole numbers >= 1 (one width per layer)"
+
+
+def fraction_up_to_one(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+
+fraction_up_to_one.what = "a number in (0, 1]"
 
 # Range rules for keys inside _target_ nodes (their key names come from the target's signature).
 TARGET_RULES: dict[str, dict[str, Any]] = {
-    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative,
-                  "alpha": positive, "k": whole(1)},
-    "model": {"depth": whole(1), "width": whole(1)},
+    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative, "k": whole(1)},
+    "model": {"depth": whole(1), "width": whole(1), "hidden": widths, "channels": widths},
     "norm": {"num_groups": whole(1)},
+}
+# Rules for a key whose meaning depends on the target: RMSprop's alpha is a decay rate, Lookahead's a step size.
+RULES_BY_TARGET: dict[str, dict[str, Any]] = {
+    "torch.optim.RMSprop": {"alpha": in_unit_interval_half_open},
+    "trainkit.lookahead.lookahead": {"alpha": fraction_up_to_one},
 }
 
 REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
@@ -127,21 +176,28 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
     "elastic_net": {"l1": non_negative, "beta": non_negative},
     "mixup": {"alpha": positive},
     "cutmix": {"alpha": positive, "switch_prob": probability},
-    "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of("max", "min"), "patience": whole(1),
+    "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "patience": whole(1),
                        "min_delta": non_negative},
     "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive, "norm_type": positive},
 }
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise one UserError for the first problem found; silent for a good config."""
+def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> None:
+    """Raise one UserError for the first problem found; silent for a good config.
+
+    `own_root_keys`: top-level keys a command adds to train.yaml (preview's out and n)."""
+    for key in cfg:
+        if key not in ROOT_KEYS and key not in own_root_keys:
+            raise UserError(f"{key}={shown(cfg, key)}: unknown top-level key{did_you_mean(key, ROOT_KEYS)}; the "
+                            f"config's top level holds {', '.join(ROOT_KEYS + own_root_keys)}")
     for group, schema in SCHEMAS.items():
-        node = cfg.get(group)
-        if node is None:
+        node = OmegaConf.select(cfg, group)
+        if not isinstance(node, DictConfig):
             continue
         for key in node:
             if key not in schema:
-                raise UserError(f"{group}.{key}: unknown key; {group} takes {', '.join(sorted(schema))}")
+                raise UserError(f"{group}.{key}={shown(node, key)}: unknown key{did_you_mean(key, schema)}; "
+                                f"{group} takes {', '.join(sorted(schema))}")
             rule = schema[key]
             value = node.get(key)
             if rule is not None and not rule(value):
@@ -161,9 +217,8 @@ def check_config(cfg: DictConfig) -> None:
         for key, rule in rules.items():
             if key in node and not rule(node[key]):
                 raise allowed(f"regularization.{name}.{key}", node[key], describe(rule))
-    image_grid = OmegaConf.select(cfg, "logger.tensorboard.image_grid")
-    if image_grid is not None and not whole(0)(image_grid):
-        raise allowed("logger.tensorboard.image_grid", image_grid, "a whole number >= 0 (0: no image grid)")
+    check_mode_fits_monitor(cfg)
+    check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
     dataset = cfg.get("dataset") or {}
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
@@ -171,8 +226,29 @@ def check_config(cfg: DictConfig) -> None:
                         "(rare classes would then outweigh common ones); choose one of them")
 
 
+def check_warmup_ends_before_the_run(cfg: DictConfig) -> None:
+    warmup, epochs = OmegaConf.select(cfg, "schedule.warmup_epochs"), OmegaConf.select(cfg, "trainer.epochs")
+    if isinstance(warmup, (int, float)) and isinstance(epochs, int) and warmup >= epochs:
+        raise allowed("schedule.warmup_epochs", warmup, f"fewer epochs than the run's trainer.epochs={epochs}: "
+                      "the warmup must end before the run does")
+
+
+def check_mode_fits_monitor(cfg: DictConfig) -> None:
+    """Maximising a loss or minimising an accuracy is always a slip, and a silent one: the
+    worst epoch would become best.pt and early stopping would stop on improvement."""
+    pairs = [("trainer", OmegaConf.select(cfg, "trainer.monitor"), OmegaConf.select(cfg, "trainer.mode"))]
+    stopping = OmegaConf.select(cfg, "regularization.early_stopping")
+    if isinstance(stopping, DictConfig):
+        pairs.append(("regularization.early_stopping", stopping.get("monitor"), stopping.get("mode")))
+    for path, monitor, mode in pairs:
+        if monitor in MONITORABLE and mode in ("max", "min") and mode != natural_mode(monitor):
+            raise UserError(f"{path}.mode={mode!r} is not allowed with {path}.monitor={monitor!r}: "
+                            f"{'a loss improves downwards' if natural_mode(monitor) == 'min' else 'an accuracy improves upwards'}; "
+                            f"use {natural_mode(monitor)} or auto")
+
+
 # Keys the run consumes itself before calling the target.
-EXTRA_KEYS = {"schedule": set(WARMUP_KEYS)}
+EXTRA_KEYS = {"schedule": set(WARMUP_KEYS), "optimizer": set(OPTIMIZER_OWN_KEYS)}
 
 
 LBFGS = "torch.optim.LBFGS"
@@ -180,9 +256,13 @@ NOISE_SOURCES = ("dropout", "mixup", "cutmix", "grad_clip")
 
 
 def check_lbfgs_is_noise_free(cfg: DictConfig) -> None:
-    """L-BFGS's line search assumes the same loss at every evaluation of a step: no noise sources."""
+    """L-BFGS's line search assumes the same loss at every evaluation of a step, and its curvature
+    pairs assume that only its own steps move the weights: no noise sources, no wrapper."""
     optimizer = cfg.get("optimizer") or {}
-    if LBFGS not in (optimizer.get("_target_"), OmegaConf.select(optimizer, "base._target_")):
+    if OmegaConf.select(optimizer, "base._target_") == LBFGS:
+        raise UserError("optimizer/base=lbfgs is not allowed: a wrapper (lookahead, ranger) moves the weights between "
+                        "L-BFGS steps, which corrupts the curvature pairs L-BFGS keeps; use optimizer=lbfgs on its own")
+    if optimizer.get("_target_") != LBFGS:
         return
     for name in NOISE_SOURCES:
         if name in (cfg.get("regularization") or {}):
@@ -193,6 +273,9 @@ def check_lbfgs_is_noise_free(cfg: DictConfig) -> None:
                         "random; use augmentation=none")
     if OmegaConf.select(cfg, "trainer.on_nan") == "skip":
         raise UserError("trainer.on_nan=skip is not allowed with optimizer=lbfgs: use trainer.on_nan=stop")
+    if OmegaConf.select(cfg, "dataset.balanced_sampler"):
+        raise UserError("dataset.balanced_sampler=true is not allowed with optimizer=lbfgs: resampling the full batch "
+                        "every epoch changes the objective under L-BFGS; use dataset.class_weights=auto instead")
 
 
 def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] = frozenset()) -> None:
@@ -212,8 +295,9 @@ def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] 
             check_target_node(f"{path}.{key}", value, rules, extra)
             continue
         if key not in accepted and key not in extra and not takes_kwargs:
-            raise UserError(f"{path}.{key}: unknown key for {target}; allowed: {', '.join(sorted(accepted | extra))}")
-        rule = rules.get(key)
+            raise UserError(f"{path}.{key}={shown(node, key)}: unknown key for {target}"
+                            f"{did_you_mean(key, accepted | extra)}; allowed: {', '.join(sorted(accepted | extra))}")
+        rule = RULES_BY_TARGET.get(str(target), {}).get(key) or rules.get(key)
         if rule is not None and not rule(value):
             raise allowed(f"{path}.{key}", value, describe(rule))
 

@@ -8,10 +8,12 @@ from trainkit.progress import console
 
 
 class StopRequest:
-    """Installed for the length of a run; a second signal exits at once."""
+    """Installed for the length of a run; a second signal exits at once (after `on_force_exit`,
+    which records that the run was interrupted)."""
 
-    def __init__(self):
+    def __init__(self, on_force_exit=lambda: None):
         self.requested: str | None = None
+        self.on_force_exit = on_force_exit
         self._previous = {}
 
     def __enter__(self) -> StopRequest:
@@ -30,6 +32,7 @@ class StopRequest:
         name = signal.Signals(signum).name
         if self.requested:
             console.print(f"\n{name} again: exiting now, without saving.")
+            self.on_force_exit()
             raise SystemExit(128 + signum)
         self.requested = name
         console.print(f"\n{name}: finishing the current step, then saving last.pt (press Ctrl-C again to exit at once).")

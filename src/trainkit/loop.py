@@ -26,14 +26,14 @@ class Trainer:
     def __init__(self, *, model, optimizer, schedule, criterion, regularizers, data, device, amp_dtype,
                  callbacks: dict, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
                  limit_train_batches: int | None = None, limit_val_batches: int | None = None,
-                 stop_request=None, config: dict | None = None):
+                 limit_test_batches: int | None = None, stop_request=None, config: dict | None = None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.criterion, self.regularizers, self.data = criterion, regularizers, data
         self.device, self.amp_dtype = device, amp_dtype
         self.callbacks = callbacks
         self.epochs, self.monitor, self.on_nan = epochs, monitor, on_nan
         self.check_every = max(1, int(log_every_n_steps))
-        self.limit_val_batches = limit_val_batches
+        self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches
         self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)
         self.stop_request, self.config = stop_request, config or {}
         # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
@@ -47,6 +47,7 @@ class Trainer:
         self.last_batch_size = 0
         self.step_lr = float(optimizer.param_groups[0]["lr"])  # the LR the latest step used (the logs show this)
         self.message: str | None = None
+        self.skipped_steps = 0  # on_nan=skip: steps whose update was dropped
         self._reset_running()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -102,6 +103,9 @@ class Trainer:
             if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
                 break
         self._check_finite()
+        if self._count == 0 and self._skipped_in_epoch:
+            raise Diverged(f"every step of epoch {self.epoch + 1} had a non-finite loss ({self._skipped_in_epoch} skipped); "
+                           "lower optimizer.lr or add regularization=[grad_clip]")
         loss_avg, acc = self.running_train_metrics()
         return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
 
@@ -116,6 +120,8 @@ class Trainer:
         if self.on_nan == "skip" and not torch.isfinite(loss):  # a host sync per step, only in this mode
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step_batch()  # the schedule's clock stays with the step count
+            self.skipped_steps += 1
+            self._skipped_in_epoch += 1
             return loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -158,6 +164,7 @@ class Trainer:
         self._loss_sum = torch.zeros((), dtype=torch.float64)
         self._correct = torch.zeros((), dtype=torch.long)
         self._count = 0
+        self._skipped_in_epoch = 0
         self._pending_losses: list[torch.Tensor] = []
         self._pending_steps: list[int] = []
 
@@ -188,9 +195,11 @@ class Trainer:
         self._pending_losses, self._pending_steps = [], []
 
     def running_train_metrics(self) -> tuple[float, float]:
+        """Mean loss and accuracy of the epoch's steps so far (nan before any step counted)."""
         self._check_finite()
-        count = max(1, self._count)
-        return float(self._loss_sum) / count, float(self._correct) / count
+        if not self._count:
+            return float("nan"), float("nan")
+        return float(self._loss_sum) / self._count, float(self._correct) / self._count
 
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint_payload(self, metrics: dict) -> dict:
@@ -203,7 +212,9 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "batch_in_epoch": self.batch_in_epoch,
-            "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count},
+            "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count,
+                        "skipped_in_epoch": self._skipped_in_epoch},
+            "skipped_steps": self.skipped_steps,
             "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
             "rng": capture_rng_states(self.device),
             "should_stop": self.should_stop,
@@ -226,6 +237,8 @@ class Trainer:
         self._loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64)
         self._correct = torch.tensor(running["correct"], dtype=torch.long)
         self._count = running["count"]
+        self._skipped_in_epoch = running.get("skipped_in_epoch", 0)
+        self.skipped_steps = payload.get("skipped_steps", 0)
         for name, state in payload["callbacks"].items():
             if name in self.callbacks:
                 self.callbacks[name].load_state_dict(state)

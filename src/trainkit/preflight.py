@@ -2,57 +2,177 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-from hydra import compose, initialize_config_module
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from trainkit.config_check import check_config
-from trainkit.errors import UserError
+from trainkit.config_check import check_config, did_you_mean
+from trainkit.errors import UserError, allowed, user_error_in
+from trainkit.metrics import resolve_mode
+from trainkit.run_record import COMPLETED, RunRecord
+
+
+@dataclass(frozen=True)
+class ConfigSources:
+    """Where a config comes from: trainkit's configs plus the user's --config-dir folders, and
+    the root config (--config-name)."""
+
+    dirs: tuple[str, ...] = ()
+    name: str = "train"
 
 
 @dataclass
 class Composed:
     cfg: DictConfig  # the job's config, resolved and checked
     run_dir: Path  # where a single run would write
+    sweep_dir: Path  # where a sweep would write
     sweep_params: dict  # hydra.sweeper.params from the config (an experiment's sweep)
 
 
-def compose_checked(overrides: list[str], config_dirs: list[str] = ()) -> Composed:
-    """The config Hydra will compose for these overrides (and the user's --config-dir), checked."""
-    search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in config_dirs)}]"] if config_dirs else []
+COMPOSE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException)
+
+
+def hydra_for(sources: ConfigSources):
+    """A Hydra instance with the search path `trainkit train` itself builds: trainkit's configs,
+    then each --config-dir, placed as Hydra's own command-line handling places it."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    search_path = create_automatic_config_search_path(None, None, "pkg://trainkit.configs")
+    for folder in sources.dirs:
+        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
+    return Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
+
+
+def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources()) -> Composed:
+    """The config Hydra will compose for these overrides and config sources, checked."""
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module="trainkit.configs", version_base=None):
-            cfg = compose(config_name="train", overrides=[*overrides, *search], return_hydra_config=True)
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException) as e:
-        raise UserError(one_line(e, overrides)) from None
+        hydra = hydra_for(sources)
+
+        def composed(with_overrides: list[str]) -> DictConfig:
+            return hydra.compose_config(sources.name, with_overrides, run_mode=RunMode.RUN, from_shell=True)
+
+        try:
+            cfg = composed(overrides)
+        except yaml.YAMLError as e:
+            raise UserError(yaml_error(e)) from None
+        except COMPOSE_ERRORS as e:
+            def keys_of(parent: str, key: str) -> list[str]:
+                """The keys of `parent` in the config composed without the override of `key`."""
+                node = OmegaConf.select(composed([o for o in overrides if o.split("=")[0].lstrip("+~") != key]), parent)
+                return list(node) if isinstance(node, DictConfig) else []
+
+            raise UserError(one_line(e, overrides, group_options, keys_of)) from None
     finally:
         GlobalHydra.instance().clear()
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     try:
         OmegaConf.resolve(job_cfg)
-        run_dir = Path(cfg.hydra.run.dir)
+        run_dir, sweep_dir = Path(cfg.hydra.run.dir), Path(cfg.hydra.sweep.dir)
     except OmegaConfBaseException as e:
-        raise UserError(one_line(e, overrides)) from None
+        key = unresolvable_key(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])) or unresolvable_key(cfg.hydra.run, "hydra.run")
+        message = one_line(e, overrides)
+        raise UserError(f"{key}: {message}" if key and not message.startswith(key) else message) from None
     check_config(job_cfg)
+    check_buildable(job_cfg)
     check_sweep_direction(cfg)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
-    return Composed(job_cfg, run_dir, params or {})
+    return Composed(job_cfg, run_dir, sweep_dir, params or {})
+
+
+def yaml_error(error: yaml.YAMLError) -> str:
+    """'<file>, line 4: not valid YAML: expected ',' or ']' ...' from PyYAML's multi-line report."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
+def unresolvable_key(node, path: str = "") -> str | None:
+    """The first key whose interpolation fails (${oc.env:NOPE}): OmegaConf's error leaves it out."""
+    for key in (range(len(node)) if isinstance(node, ListConfig) else node):
+        child_path = f"{path}.{key}" if path else str(key)
+        try:
+            child = node[key]
+        except OmegaConfBaseException:
+            return child_path
+        if isinstance(child, (DictConfig, ListConfig)):
+            found = unresolvable_key(child, child_path)
+            if found:
+                return found
+    return None
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """Build the cheap parts once (norm, activation, init, the model where the dataset config
+    gives its sizes, the schedule), so that a value only their constructors can judge
+    (model.hidden=[0], schedule.gamma=0) fails now, before a run folder or a data load."""
+    import torch
+
+    from trainkit.schedules import WARMUP_KEYS, build_schedule
+    from trainkit.train import build_model
+
+    for group in ("norm", "activation", "init"):
+        building(group, lambda: instantiate(cfg[group]), cfg)
+    sizes = {k: cfg.dataset.get(k) for k in ("in_channels", "image_size", "num_classes")}
+    if all(isinstance(v, int) for v in sizes.values()):
+        spec = SimpleNamespace(**sizes)
+        images = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
+        # A forward pass too: torch modules take any argument and fail only when called.
+        building("model", lambda: build_model(cfg, spec, dropout=0.0)(images), cfg)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)  # the schedule's own checks need only an optimizer to hold
+    # Without its warmup: whether a warmup of N steps fits depends on the real steps per epoch.
+    main_schedule = OmegaConf.masked_copy(cfg.schedule, [k for k in cfg.schedule if k not in WARMUP_KEYS])
+    building("schedule", lambda: build_schedule(main_schedule, optimizer, steps_per_epoch=1000,
+                                                epochs=int(cfg.trainer.epochs), mode=resolve_mode(cfg.trainer.monitor, cfg.trainer.mode)),
+             cfg)
+
+
+BUILT_GROUPS = ("activation", "norm", "init", "model", "schedule")
+
+
+def building(group: str, build, cfg: DictConfig) -> None:
+    """Run `build`; what it raises becomes one UserError naming the key when torch names the
+    argument it rejects (activation.negative_slope='abc'), else the group."""
+    try:
+        build()
+    except Exception as e:
+        found = user_error_in(e)
+        if found is not None:
+            raise found from None
+        cause = e.__cause__ or e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        argument = re.search(r"argument '(\w+)'", first)
+        for owner in BUILT_GROUPS if argument else ():
+            if argument.group(1) in (cfg.get(owner) or {}):
+                key = f"{owner}.{argument.group(1)}"
+                raise allowed(key, OmegaConf.select(cfg, key), f"{type(cause).__name__}: {first}") from None
+        raise UserError(f"{group}: these settings cannot be built: {type(cause).__name__}: {first}") from None
 
 
 def check_sweep_direction(cfg: DictConfig) -> None:
     """An optimising sweeper must push the returned metric the way trainer.mode says is better."""
     direction = cfg.hydra.sweeper.get("direction")
-    wanted = {"max": "maximize", "min": "minimize"}.get(cfg.trainer.mode)
+    mode = resolve_mode(cfg.trainer.monitor, cfg.trainer.mode)
+    wanted = {"max": "maximize", "min": "minimize"}.get(mode)
     if isinstance(direction, str) and wanted and direction != wanted:
-        raise UserError(f"hydra.sweeper.direction={direction} is not allowed with trainer.mode={cfg.trainer.mode} "
+        raise UserError(f"hydra.sweeper.direction={direction} is not allowed with trainer.mode={mode} "
                         f"(monitoring {cfg.trainer.monitor}): use hydra.sweeper.direction={wanted}")
 
 
@@ -60,8 +180,9 @@ def check_sweep_direction(cfg: DictConfig) -> None:
 # it is meant to continue (and optimizer or schedule state would not fit the new objects).
 SAME_ON_RESUME = ("model", "norm", "activation", "init", "optimizer", "schedule", "regularization", "augmentation",
                   "dataset.name", "dataset.root", "dataset.val_fraction", "dataset.test_fraction", "dataset.preprocess",
-                  "dataset.class_weights", "dataset.balanced_sampler", "trainer.batch_size", "trainer.seed",
-                  "trainer.limit_train_batches")
+                  "dataset.class_weights", "dataset.balanced_sampler", "dataset.split_seed", "dataset.resize",
+                  "trainer.batch_size", "trainer.seed",
+                  "trainer.limit_train_batches", "trainer.monitor", "trainer.mode")
 # Schedules planned for the run's whole length: extending trainer.epochs would replan them mid-run.
 LENGTH_PLANNED_SCHEDULES = ("trainkit.schedules.cosine", "trainkit.schedules.linear", "trainkit.schedules.onecycle")
 
@@ -76,12 +197,28 @@ def check_resumable(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
             where, was_leaf, now_leaf = first_difference(key, was, now)
             raise UserError(f"{where}={now_leaf!r} is not allowed on resume: the run in {checkpoint} was trained with "
                             f"{where}={was_leaf!r}, and a resumed run continues the same training; start a new run to change it")
+    refuse_finished(cfg, payload, checkpoint)
     old_epochs = OmegaConf.select(old, "trainer.epochs")
     if old_epochs is not None and old_epochs != cfg.trainer.epochs and cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
         raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run was planned for {old_epochs} "
                         f"epochs and its schedule ({cfg.schedule._target_.rsplit('.', 1)[1]}) follows that length; "
                         "start a new run, or use a schedule without a planned length (e.g. step, plateau) to extend runs")
     check_model_fits(cfg, payload, checkpoint)
+
+
+def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
+    """Resuming a run that has nothing left to train would only test it again."""
+    done = int(payload["epoch"])
+    if payload.get("should_stop"):
+        raise UserError(f"resume={checkpoint} is not allowed: that run was stopped early after epoch {done} "
+                        "(regularization.early_stopping); start a new run to train further")
+    if done > cfg.trainer.epochs:
+        raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run in {checkpoint} "
+                        f"has already trained {done} epochs")
+    record = RunRecord.read(checkpoint.parent.parent) or {}
+    if done == cfg.trainer.epochs and record.get("status") == COMPLETED:
+        raise UserError(f"resume={checkpoint} is not allowed: that run completed its {done} epochs, so nothing is left "
+                        "to resume (a larger trainer.epochs extends a run whose schedule has no planned length)")
 
 
 def plain(value):
@@ -111,15 +248,19 @@ def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
     load_model_state(build_model(cfg, spec, dropout), payload["model"], checkpoint)
 
 
-def check_all(overrides: list[str], multirun: bool, config_dirs: list[str] = ()) -> None:
+def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = ConfigSources()) -> None:
     """Compose the plain overrides; in a sweep also each value of each swept key once."""
     if not multirun:
-        refuse_used_run_dir(compose_checked(overrides, config_dirs).run_dir)
+        run_dir = compose_checked(overrides, sources).run_dir
+        refuse_used_run_dir(run_dir)
+        refuse_unwritable("hydra.run.dir", run_dir)
         return
     parsed = parse(overrides)
     base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
     base = [b for b in base if b is not None]
-    composed = compose_checked(base, config_dirs)
+    composed = compose_checked(base, sources)
+    refuse_used_sweep_dir(composed.sweep_dir)
+    refuse_unwritable("hydra.sweep.dir", composed.sweep_dir)
     swept = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override()]
     # Sweeps an experiment or hparams_search config defines (hydra.sweeper.params) are checked too.
     swept += [(None, o) for o in parse([f"{k}={v}" for k, v in composed.sweep_params.items()])]
@@ -128,7 +269,7 @@ def check_all(overrides: list[str], multirun: bool, config_dirs: list[str] = ())
             continue  # a continuous range: nothing to enumerate
         for value in o.sweep_string_iterator():
             trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
-            compose_checked(trial, config_dirs)
+            compose_checked(trial, sources)
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
@@ -136,6 +277,31 @@ def refuse_used_run_dir(run_dir: Path) -> None:
     if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
         raise UserError(f"hydra.run.dir={str(run_dir)!r} already holds a run; choose another folder, "
                         f"or continue that run with resume={run_dir}")
+
+
+def refuse_used_sweep_dir(sweep_dir: Path) -> None:
+    """A sweep never writes into another sweep's folder: Hydra would rewrite its jobs' records."""
+    if not sweep_dir.is_dir():
+        return
+    used = (sweep_dir / "summary.csv").exists() or (sweep_dir / "multirun.yaml").exists() or \
+        any((job / ".hydra").is_dir() for job in sweep_dir.iterdir())
+    if used:
+        raise UserError(f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep; choose another folder "
+                        "(by default each sweep gets a new one)")
+
+
+def refuse_unwritable(key: str, folder: Path) -> None:
+    """The output folder can be made: nothing in its path is a file, and a folder can be made in
+    its nearest existing folder. Checked now, not when Hydra makes it (a traceback)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise allowed(key, str(folder), f"{existing} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".trainkit-write-check-", dir=existing))
+    except OSError as e:
+        raise allowed(key, str(folder), f"cannot make a folder in {existing} ({e.strerror})") from None
 
 
 def parse(overrides: list[str]):
@@ -153,20 +319,34 @@ def first_value(o) -> str | None:
     return None
 
 
-def one_line(e: Exception, overrides: list[str]) -> str:
+def group_options(group: str) -> list[str]:
+    """The options of a config group, on the search path Hydra is composing with now."""
+    try:
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+    except Exception:  # no Hydra context: the message then just names the missing option
+        return []
+
+
+def one_line(e: Exception, overrides: list[str], options_of=lambda group: [], keys_of=lambda parent, key: []) -> str:
     """Hydra's multi-line errors, shortened to what the user needs: the key, the value, the choices."""
     text = str(e)
     if isinstance(e, MissingMandatoryValue):
         key = re.search(r"full_key: (\S+)", text)
         key = key.group(1) if key else "?"
         return f"{key} is required: set it on the command line ({key}=...) or in your config"
-    if isinstance(e, MissingConfigException) or "Could not find" in text:
-        m = re.search(r"Could not find '([^']+)'", text)
+    if isinstance(e, MissingConfigException) or re.search(r"Could not (find|load) '", text):
+        # 'find' for a plain option (Hydra lists the choices), 'load' for one inside a list: regularization=[l2,dropot]
+        m = re.search(r"Could not (?:find|load) '([^']+)'", text)
         missing = m.group(1) if m else "?"
         group, _, option = missing.rpartition("/")
-        options = getattr(e, "options", None) or re.findall(r"^\t(\S+)$", text, flags=re.M)
+        options = getattr(e, "options", None) or re.findall(r"^\t(\S+)$", text, flags=re.M) or options_of(group)
         if group and options:
             return f"{group}={option} is not allowed: the {group} options are {', '.join(sorted(options))}"
+        primary = re.search(r"Cannot find primary config '([^']+)'", text)
+        if primary:
+            return f"--config-name={primary.group(1)} is not allowed: there is no {primary.group(1)}.yaml in trainkit's configs or --config-dir"
+        if not group:
+            return f"--config-name={option} is not allowed: there is no config '{option}.yaml' in trainkit's configs or --config-dir"
         return f"{missing}: no such config"
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if m:
@@ -174,8 +354,17 @@ def one_line(e: Exception, overrides: list[str]) -> str:
         given = next((o for o in overrides if o.split("=")[0].lstrip("+~") == key), key)
         full = re.search(r"full_key: (\S+)", text)
         full_key = full.group(1) if full else key
-        parent = full_key.rpartition(".")[0]
-        return f"{given}: there is no key '{full_key}' in the config" + (f" (see the keys of '{parent}' with --cfg job)" if parent else "") + \
-            f"; to add a new key write +{given.lstrip('+')}"
+        parent, _, leaf = full_key.rpartition(".")
+        try:
+            siblings = keys_of(parent, key) if parent else []
+        except Exception:  # the message is still useful without them
+            siblings = []
+        message = f"{given}: there is no key '{full_key}' in the config{did_you_mean(leaf, siblings)}"
+        if siblings:
+            message += f"; {parent} takes {', '.join(sorted(s for s in siblings if not s.startswith('_')))}"
+        if "_target_" in siblings:
+            message += f" (+{full_key}=... adds an argument its _target_ accepts)"
+        return message
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-    return first
+    key = re.search(r"full_key: (\S+)", text)
+    return f"{key.group(1)}: {first}" if key and key.group(1) not in first else first

@@ -22,7 +22,7 @@ def write_preview(cfg: DictConfig) -> Path:
     from trainkit.image_grid import make_grid_with_labels
     from trainkit.progress import console
 
-    check_config(cfg)  # the same checks as `trainkit train`: a misspelt key fails here too
+    check_config(cfg, own_root_keys=("out", "n"))  # the same checks as `trainkit train`: a misspelt key fails here too
     if not isinstance(cfg.n, int) or cfg.n < 1:
         raise UserError(f"n={cfg.n!r} is not allowed: a whole number >= 1")
     with open_dict(cfg):

@@ -33,17 +33,37 @@ def original_overrides(run_dir: Path) -> list[str]:
             if not o.startswith(("resume=", "hydra.run.dir=", "+resume="))]
 
 
+def hydra_record(run_dir: Path) -> dict:
+    """Hydra's own record of how the run was composed (.hydra/hydra.yaml), or {}."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("hydra", {}) if path.is_file() else {}
+
+
 def original_config_dirs(run_dir: Path) -> list[str]:
     """The --config-dir folders the run was started with (from Hydra's record of its config sources)."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return []
-    sources = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("config_sources", [])
+    sources = hydra_record(run_dir).get("runtime", {}).get("config_sources", [])
     return [s["path"] for s in sources if s.get("schema") == "file" and s.get("provider") not in ("main", "hydra", "schema")]
 
 
+def original_config_name(run_dir: Path) -> str | None:
+    """The root config (--config-name) the run was started with."""
+    return hydra_record(run_dir).get("job", {}).get("config_name")
+
+
+def refuse_unresumable(run_dir: Path) -> None:
+    """A run that another process is still training cannot be continued by a second one."""
+    from trainkit.run_lock import is_locked
+
+    if is_locked(run_dir):
+        raise UserError(f"resume={run_dir} is not allowed: that run is still training in another process; "
+                        "wait for it to end (or stop it with Ctrl-C) and resume it then")
+
+
 def find_resumable(output_root: Path, config_hash: str) -> Path | None:
-    """The newest unfinished run under output_root/runs with this config and a last.pt."""
+    """The newest unfinished run under output_root/runs with this config and a last.pt, that no
+    process is training now."""
+    from trainkit.run_lock import is_locked
+
     runs = output_root / "runs"
     if not runs.is_dir():
         return None
@@ -53,6 +73,6 @@ def find_resumable(output_root: Path, config_hash: str) -> Path | None:
         checkpoint = run_dir / "checkpoints" / "last.pt"
         # A diverged run would diverge again from the same state: only stopped or killed runs qualify.
         if record and record.get("config_hash") == config_hash and record.get("status") not in (COMPLETED, DIVERGED) \
-                and checkpoint.is_file():
+                and checkpoint.is_file() and not is_locked(run_dir):
             candidates.append((checkpoint.stat().st_mtime, run_dir))
     return max(candidates)[1] if candidates else None

@@ -15,9 +15,10 @@ RUNNING, COMPLETED, INTERRUPTED, DIVERGED, FAILED = "running", "completed", "int
 class RunRecord(Callback):
     """Also a callback: after every epoch the file shows how far the run got."""
 
-    def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str]):
+    def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str],
+                 started: float | None = None):
         self.path = Path(run_dir) / "metrics.json"
-        self.started = time.time()
+        self.started = time.time() if started is None else started  # wall time counts data loading and set-up too
         self.data = {
             "status": RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
             "final": {}, "test": {}, "epochs_run": 0, "global_step": 0, "wall_time_s": 0.0,
@@ -38,6 +39,10 @@ class RunRecord(Callback):
     def resume_from(self, previous: dict) -> None:
         self.started -= previous.get("wall_time_s", 0.0)
         self.data["epoch_seconds"] = list(previous.get("epoch_seconds", []))
+
+    def mark_interrupted(self) -> None:
+        """A second Ctrl-C exits at once; the record still says the run did not complete."""
+        self.update(status=INTERRUPTED, message="stopped by a second signal before last.pt was saved")
 
     def on_fit_start(self, trainer) -> None:
         self._epoch_started = time.time()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -24,13 +25,15 @@ from trainkit.checkpoints import load_checkpoint, load_model_state
 from trainkit.config_check import check_config, config_hash
 from trainkit.data import build_data
 from trainkit.devices import resolve_device, resolve_precision
-from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
+from trainkit.errors import USER_ERROR_EXIT_CODE, UserError, allowed, user_error_in
 from trainkit.interrupts import StopRequest
-from trainkit.preflight import refuse_used_run_dir
 from trainkit.loop import Trainer, steps_per_epoch
-from trainkit.optimizers import build_optimizer
-from trainkit.progress import ProgressDisplay, console, results_table
+from trainkit.metrics import resolve_mode
+from trainkit.optimizers import build_optimizer, needs_closure
+from trainkit.preflight import refuse_used_run_dir
+from trainkit.progress import ProgressDisplay, report, report_results
 from trainkit.regularization import Regularizers
+from trainkit.run_lock import RunLock
 from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRecord
 from trainkit.schedules import build_schedule
 from trainkit.seeding import seed_everything
@@ -49,6 +52,10 @@ def build_model(cfg: DictConfig, spec, dropout: float) -> nn.Module:
     return instantiate(cfg.init)(model)
 
 
+def monitor_mode(cfg: DictConfig) -> str:
+    return resolve_mode(cfg.trainer.monitor, cfg.trainer.mode)
+
+
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> dict:
     """The named callbacks, in the order they run at each hook."""
     callbacks = {}
@@ -57,28 +64,50 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> dict:
         from trainkit.early_stopping import EarlyStopping
 
         callbacks["early_stopping"] = EarlyStopping(**OmegaConf.to_container(stopping, resolve=True))
-    callbacks["best_checkpoint"] = BestCheckpoint(run_dir / "checkpoints", cfg.trainer.monitor, cfg.trainer.mode)
-    callbacks["last_checkpoint"] = LastCheckpoint(run_dir / "checkpoints")
     if cfg.logger.tensorboard.enabled:
+        # Before the checkpoints: an epoch's scalars are on disk before last.pt says it is done,
+        # so a kill in between loses nothing (a resume purges what it logs again).
         callbacks["tensorboard"] = TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
-                                                     cfg.logger.tensorboard.image_grid)
+                                                     cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups()))
+    callbacks["best_checkpoint"] = BestCheckpoint(run_dir / "checkpoints", cfg.trainer.monitor, monitor_mode(cfg))
+    callbacks["last_checkpoint"] = LastCheckpoint(run_dir / "checkpoints")
     callbacks["progress"] = ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps)
     return callbacks
 
 
 def chosen_groups() -> dict[str, str]:
+    """The option picked in each group (`optimizer: adam`), or nothing outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return {}
     choices = HydraConfig.get().runtime.choices
-    return {group: str(choice) for group, choice in choices.items() if not group.startswith("hydra") and choice is not None}
+    skipped = ("hydra", "logger", "paths")
+    return {group: str(choice) for group, choice in choices.items() if not group.startswith(skipped) and choice is not None}
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float:
-    """One training run in `run_dir`; returns the best monitored value."""
+def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
+    """One training run in `run_dir` (its clock started at `started`); returns the best monitored value."""
     check_config(cfg)
-    resume_payload = None
-    if cfg.resume:
-        resume_payload = load_checkpoint(cfg.resume)
-    else:
+    resume_payload = load_checkpoint(cfg.resume) if cfg.resume else None
+    if not continues_run_in(cfg, run_dir):
         refuse_used_run_dir(run_dir)
+    with RunLock(run_dir):  # one process per run folder: a second resume of a live run is refused
+        trainer, record = build_trainer(cfg, run_dir, resume_payload, started)
+        try:
+            return fit_and_test(cfg, run_dir, trainer, record)
+        finally:
+            if "tensorboard" in trainer.callbacks:
+                trainer.callbacks["tensorboard"].close()
+            trainer.data.close()
+
+
+def continues_run_in(cfg: DictConfig, run_dir: Path) -> bool:
+    """resume= names a checkpoint of the run in `run_dir` itself (not a loose .pt from elsewhere)."""
+    return bool(cfg.resume) and Path(cfg.resume).resolve().parent.parent == run_dir.resolve()
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
+                  started: float | None = None) -> tuple[Trainer, RunRecord]:
+    """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     seed_everything(int(cfg.trainer.seed))
@@ -87,68 +116,73 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
     model = build_model(cfg, data.spec, regularizers.dropout).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
-    schedule = build_schedule(cfg.schedule, optimizer, steps_per_epoch(data.train, cfg.trainer.limit_train_batches),
-                              int(cfg.trainer.epochs), cfg.trainer.mode)
+    steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
+    if needs_closure(optimizer) and steps > 1:
+        raise allowed("trainer.batch_size", cfg.trainer.batch_size,
+                      f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
+                      f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
+    schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
     weights = data.loss_weights.to(device) if data.loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
     callbacks = build_callbacks(cfg, run_dir)
-    record = callbacks["run_record"] = RunRecord(run_dir, cfg.trainer.monitor, cfg.trainer.mode, config_hash(cfg),
-                                                 overrides_of_this_job())
-    stop_request = StopRequest()
+    record = callbacks["run_record"] = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg),
+                                                 overrides_of_this_job(), started)
     trainer = Trainer(
         model=model, optimizer=optimizer, schedule=schedule, criterion=criterion, regularizers=regularizers,
         data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, epochs=int(cfg.trainer.epochs),
         monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
-        stop_request=stop_request, config=OmegaConf.to_container(cfg, resolve=True),
+        limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
         trainer.restore(resume_payload)
         record.resume_from(RunRecord.read(run_dir) or {})
-        console.print(f"resumed from {cfg.resume}: epoch {trainer.epoch}, step {trainer.global_step}")
+        report(f"resumed from {cfg.resume}: epoch {trainer.epoch}, step {trainer.global_step}")
 
-    console.print(f"run dir: {run_dir}")
+    report(f"run dir: {run_dir}")
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
-    console.print(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
-                  f"{len(data.splits.test)} test; device={device}, {precision}")
+    report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
+           f"{len(data.splits.test)} test; device={device}, {precision}")
+    report(optimizer.weight_decay_summary)
     record.update(status="running", loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
-    try:
-        return fit_and_test(cfg, run_dir, trainer, record, stop_request)
-    finally:
-        if "tensorboard" in callbacks:
-            callbacks["tensorboard"].close()
-        data.close()
+    return trainer, record
 
 
-def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord, stop_request: StopRequest) -> float:
+def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
     """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
     callbacks = trainer.callbacks
-    with stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
+    with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
         best = callbacks["best_checkpoint"]
         stopped_early = getattr(callbacks.get("early_stopping"), "reason", None)
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
-                   "best": best.best, "best_epoch": best.best_epoch, "message": trainer.message or stopped_early}
+                   "best": best.best, "best_epoch": best.best_epoch, "skipped_steps": trainer.skipped_steps,
+                   "message": trainer.message or stopped_early}
         if status == "interrupted":
             record.update(**summary, status=INTERRUPTED)
-            console.print(f"[yellow]interrupted[/]: saved {run_dir / 'checkpoints' / 'last.pt'}; continue with: trainkit train resume={run_dir}")
+            report(f"[yellow]interrupted[/]: saved {run_dir / 'checkpoints' / 'last.pt'}; "
+                   f"continue with: trainkit train resume={run_dir}", error=True)
             raise RunEnded(INTERRUPTED_EXIT_CODE, status)
         if status == "diverged":
             record.update(**summary, status=DIVERGED)
-            console.print(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.")
+            report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
-            console.print(f"early stopping: {escape(stopped_early)}")
+            report(f"early stopping: {escape(stopped_early)}")
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
     record.update(**summary, status=COMPLETED, test=test_metrics)
     if "tensorboard" in callbacks:
         final = {**test_metrics, f"best/{cfg.trainer.monitor}": best.best if best.best is not None else float("nan")}
-        callbacks["tensorboard"].log_final(trainer, flat_hparams(cfg, chosen_groups()), final)
+        callbacks["tensorboard"].log_final(trainer, final)
     rows = {f"best {cfg.trainer.monitor} (epoch {best.best_epoch})": best.best, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
-    console.print(results_table(f"results: {run_dir}", rows))
+    if trainer.skipped_steps:
+        rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
+    report_results(f"results: {run_dir}", rows)
+    refresh_sweep_summary(run_dir)
     return float(best.best) if best.best is not None else float("nan")
 
 
@@ -156,7 +190,17 @@ def test_best_checkpoint(trainer: Trainer, path: Path, model: nn.Module) -> dict
     """Evaluate the test set once, with the weights of the best validation epoch."""
     if path.is_file():
         load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], path)
-    return trainer.evaluate(trainer.data.test, "test")
+    return trainer.evaluate(trainer.data.test, "test", trainer.limit_test_batches)
+
+
+def refresh_sweep_summary(run_dir: Path) -> None:
+    """A sweep job resumed on its own brings its sweep's summary.csv up to date."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return  # the sweep writes it when all its jobs are done
+    if (run_dir.parent / "summary.csv").is_file():
+        from trainkit.sweep_summary import write_summary
+
+        write_summary(run_dir.parent)
 
 
 def overrides_of_this_job() -> list[str]:
@@ -178,6 +222,10 @@ def remove_if_empty_run(run_dir: Path) -> None:
     """A run that failed before training leaves no folder of half results behind."""
     import shutil
 
+    from trainkit.run_lock import is_locked
+
+    if is_locked(run_dir):  # another process is starting a run there: not ours to remove
+        return
     leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
     if leftovers <= {".hydra", "train.log"}:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -190,29 +238,49 @@ def remove_if_empty_run(run_dir: Path) -> None:
 
 @hydra.main(version_base=None, config_path="pkg://trainkit.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
+    started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return run(cfg, run_dir)
-    except UserError as e:
+        return run(cfg, run_dir, started)
+    except RunEnded as e:
+        if in_sweep and e.code != INTERRUPTED_EXIT_CODE:
+            return float("nan")
+        if in_sweep:  # Ctrl-C or SIGTERM stops the whole sweep, not only this job
+            stop_sweep(run_dir)
+        raise SystemExit(e.code) from None
+    except KeyboardInterrupt:  # before the loop's own handler was installed, or after it
+        if not continues_run_in(cfg, run_dir):
+            remove_if_empty_run(run_dir)
+        report("interrupted before training started", error=True)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except Exception as e:
+        user_error = user_error_in(e)  # also one raised inside a constructor that Hydra wrapped
+        if user_error is None:
+            return crashed(run_dir, e, in_sweep)
         if not cfg.resume:
             remove_if_empty_run(run_dir)
         if in_sweep:
-            mark_failed(run_dir, f"error: {e}")
+            mark_failed(run_dir, f"error: {user_error}")
             return float("nan")
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
-    except RunEnded as e:
-        if in_sweep:
-            return float("nan")
-        raise SystemExit(e.code) from None
-    except Exception as e:
-        mark_failed(run_dir, f"crashed: {type(e).__name__}: {e}")
-        if not in_sweep:
-            raise
-        # In a sweep one crashed job must not stop the others; its traceback goes to its log.
-        log.error("job crashed:\n%s", traceback.format_exc())
-        return float("nan")
+
+
+def crashed(run_dir: Path, error: Exception, in_sweep: bool) -> float:
+    mark_failed(run_dir, f"crashed: {type(error).__name__}: {error}")
+    if not in_sweep:
+        raise error
+    # In a sweep one crashed job must not stop the others; its traceback goes to its log.
+    log.error("job crashed:\n%s", traceback.format_exc())
+    return float("nan")
+
+
+def stop_sweep(run_dir: Path) -> None:
+    from trainkit.sweep_summary import write_summary
+
+    report("the sweep stops here: the jobs after this one are not started", error=True)
+    write_summary(run_dir.parent)
 
 
 def mark_failed(run_dir: Path, message: str) -> None:
@@ -222,7 +290,7 @@ def mark_failed(run_dir: Path, message: str) -> None:
                        overrides_of_this_job())
     record.data.update({k: v for k, v in previous.items() if k in record.data and k not in ("status", "wall_time_s")})
     record.update(status=FAILED, message=message)
-    console.print(f"[red]job failed:[/] {escape(message)}")
+    report(f"[red]job failed:[/] {escape(message)}", error=True)
 
 
 if __name__ == "__main__":
