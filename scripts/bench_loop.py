@@ -4,7 +4,10 @@ Both train the same small CNN (trainkit's `cnn`: two stages of two conv-BN-ReLU 
 max-pool, global average pool, linear) with Adam (lr 1e-3), a per-step cosine schedule and
 batch size 128 on Fashion-MNIST, holding 10% of the training set out for validation.
 
-    python scripts/bench_loop.py --data-dir ../shared/data --epochs 3
+    python scripts/bench_loop.py --data-dir ../shared/data --epochs 3 --repeats 2
+
+Runs alternate (trainkit, hand-written, hand-written, trainkit, ...) so that a slow spell of
+a shared machine does not land on one side only; the ratio is reported per pair and overall.
 """
 
 from __future__ import annotations
@@ -89,16 +92,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, device cpu")
-    ours = with_trainkit(args.data_dir, args.epochs, args.batch_size, args.seed)
-    plain = hand_written(args.data_dir, args.epochs, args.batch_size, args.seed)
     print(f"{'':14}{'s/epoch (mean)':>16}{'per epoch':>28}{'val acc':>10}{'test acc':>10}")
-    for name, r in (("trainkit", ours), ("hand-written", plain)):
-        per = " ".join(f"{s:.1f}" for s in r["epoch_seconds"])
-        print(f"{name:14}{np.mean(r['epoch_seconds']):>16.2f}{per:>28}{r['val_acc']:>10.4f}{r['test_acc']:>10.4f}")
-    ratio = np.mean(ours["epoch_seconds"]) / np.mean(plain["epoch_seconds"])
-    print(f"trainkit / hand-written seconds per epoch: {ratio:.2f}  (trainkit process wall time {ours['wall_s']:.1f}s)")
+    ratios, results = [], {"trainkit": [], "hand-written": []}
+    for repeat in range(args.repeats):
+        order = ("trainkit", "hand-written") if repeat % 2 == 0 else ("hand-written", "trainkit")
+        pair = {}
+        for name in order:
+            run = with_trainkit if name == "trainkit" else hand_written
+            r = pair[name] = run(args.data_dir, args.epochs, args.batch_size, args.seed)
+            results[name].append(r)
+            per = " ".join(f"{s:.1f}" for s in r["epoch_seconds"])
+            print(f"{name:14}{np.mean(r['epoch_seconds']):>16.2f}{per:>28}{r['val_acc']:>10.4f}{r['test_acc']:>10.4f}", flush=True)
+        ratios.append(np.mean(pair["trainkit"]["epoch_seconds"]) / np.mean(pair["hand-written"]["epoch_seconds"]))
+    mean = {name: np.mean([np.mean(r["epoch_seconds"]) for r in rs]) for name, rs in results.items()}
+    print(f"mean s/epoch: trainkit {mean['trainkit']:.2f}, hand-written {mean['hand-written']:.2f}")
+    print(f"trainkit / hand-written seconds per epoch: {mean['trainkit'] / mean['hand-written']:.2f} "
+          f"(per pair: {', '.join(f'{r:.2f}' for r in ratios)}); trainkit process wall time "
+          f"{np.mean([r['wall_s'] for r in results['trainkit']]):.1f}s")
 
 
 if __name__ == "__main__":
