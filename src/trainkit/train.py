@@ -25,7 +25,7 @@ from trainkit.checkpoints import load_checkpoint, load_model_state
 from trainkit.config_check import check_config, config_hash
 from trainkit.data import build_data
 from trainkit.devices import resolve_device, resolve_precision
-from trainkit.errors import USER_ERROR_EXIT_CODE, UserError, allowed, user_error_in
+from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
 from trainkit.interrupts import StopRequest
 from trainkit.loop import Trainer, steps_per_epoch
 from trainkit.metrics import resolve_mode
