@@ -156,9 +156,10 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
         if not sources.dirs:
             sources = preflight.ConfigSources(tuple(original_config_dirs(run_dir)), sources.name)
             options = [*options, *(f"--config-dir={d}" for d in sources.dirs[:1])]
-        if sources.name == "train" and original_config_name(run_dir) not in (None, "train"):
-            sources = preflight.ConfigSources(sources.dirs, original_config_name(run_dir))
-            options = [*options, f"--config-name={sources.name}"]
+        started_with = original_config_name(run_dir)
+        if sources.name == "train" and started_with not in (None, "train"):
+            sources = preflight.ConfigSources(sources.dirs, started_with)
+            options = [*options, f"--config-name={started_with}"]
         overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
     composed = preflight.compose_checked(overrides, sources)
     if run_dir is None:

@@ -84,7 +84,7 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
         OmegaConf.resolve(job_cfg)
         run_dir, sweep_dir = Path(cfg.hydra.run.dir), Path(cfg.hydra.sweep.dir)
     except OmegaConfBaseException as e:
-        key = unresolvable_key(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])) or unresolvable_key(cfg.hydra.run, "hydra.run")
+        key = unresolvable_key(job_cfg) or unresolvable_key(cfg.hydra.run, "hydra.run")  # resolve stopped at the bad key
         message = one_line(e, overrides)
         raise UserError(f"{key}: {message}" if key and not message.startswith(key) else message) from None
     check_config(job_cfg)
@@ -345,8 +345,6 @@ def one_line(e: Exception, overrides: list[str], options_of=lambda group: [], ke
         primary = re.search(r"Cannot find primary config '([^']+)'", text)
         if primary:
             return f"--config-name={primary.group(1)} is not allowed: there is no {primary.group(1)}.yaml in trainkit's configs or --config-dir"
-        if not group:
-            return f"--config-name={option} is not allowed: there is no config '{option}.yaml' in trainkit's configs or --config-dir"
         return f"{missing}: no such config"
     m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if m:

@@ -8,11 +8,12 @@ import sys
 import time
 
 from rich.console import Console
-from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from trainkit.callbacks import Callback
+
 
 class RunConsole(Console):
     def on_broken_pipe(self) -> None:

@@ -90,19 +90,22 @@ def write_summary(sweep_dir: Path) -> list[dict]:
 SEED = "trainer.seed"
 
 
+def is_seed(override: str) -> bool:
+    return override.startswith(SEED + "=")
+
+
 def seeds_vary(runs: list[dict]) -> bool:
-    return len({o for r in runs for o in r["override_list"] if o.startswith(SEED + "=")}) > 1
+    return len({o for r in runs for o in r["override_list"] if is_seed(o)}) > 1
 
 
 def write_seed_summary(sweep_dir: Path, runs: list[dict], monitor: str, mode: str) -> list[dict]:
     """One row per configuration, its runs over the swept seeds pooled: mean and spread, so a
     comparison says whether a gap is larger than the seed-to-seed noise. Completed runs only."""
+    runs = [{**r, "override_list": [o for o in r["override_list"] if not is_seed(o)]} for r in runs]
     groups: dict[str, list[dict]] = {}
     for run in runs:
-        config = " ".join(o for o in run["override_list"] if not o.startswith(SEED + "="))
-        groups.setdefault(config, []).append(run)
-    swept = varying_overrides([{**r, "override_list": [o for o in r["override_list"] if not o.startswith(SEED + "=")]}
-                               for r in runs])
+        groups.setdefault(" ".join(run["override_list"]), []).append(run)
+    swept = varying_overrides(runs)
     rows = []
     for config, members in groups.items():
         done = [r for r in members if r.get("status") == COMPLETED and r.get("best") is not None]
