@@ -12,6 +12,7 @@ from trainkit.datasets import DataSpec, Splits, build_splits
 from trainkit.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_ops
 from trainkit.errors import UserError, allowed
 from trainkit.loaders import WorkerLoader, class_weights, default_workers
+from trainkit.memory import available_memory, format_bytes
 from trainkit.preprocess import Preprocess
 
 LOADER_CHOICES = ("auto", "device", "workers")
@@ -88,23 +89,7 @@ def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n / 2**10:.0f} KiB"
+    return available_memory()
 
 
 def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, device: torch.device):
@@ -125,7 +110,7 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
     need = sum(s.images.nbytes + s.labels.nbytes for s in (splits.train, splits.val, splits.test))
     available = free_memory(device)
     if need > DEVICE_MEMORY_SHARE * available:
-        why = f"the dataset ({_size(need)}) is more than {DEVICE_MEMORY_SHARE:.0%} of the {_size(available)} free on {device}"
+        why = f"the dataset ({format_bytes(need)}) is more than {DEVICE_MEMORY_SHARE:.0%} of the {format_bytes(available)} free on {device}"
         if kind == "device":
             raise UserError(f"dataset.loader=device: {why}; use dataset.loader=workers (or auto)")
         return "workers", why, None, None
@@ -133,7 +118,7 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
         return "device", "dataset.loader=device", train_ops, eval_ops
     n_ops = len(train_ops) + len(eval_ops)
     why = (f"all {n_ops} augmentation op(s) are batched" if n_ops else "no augmentation") + \
-          f" and the data ({_size(need)}) fits on {device}"
+          f" and the data ({format_bytes(need)}) fits on {device}"
     return "device", why, train_ops, eval_ops
 
 

@@ -20,6 +20,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from trainkit.config_check import check_config, did_you_mean
 from trainkit.errors import UserError, allowed, user_error_in
+from trainkit.memory import refuse_beyond_memory
 from trainkit.metrics import resolve_mode
 from trainkit.run_record import COMPLETED, RunRecord
 
@@ -130,8 +131,12 @@ def check_buildable(cfg: DictConfig) -> None:
     for group in ("norm", "activation", "init"):
         building(group, lambda: instantiate(cfg[group]), cfg)
     sizes = {k: cfg.dataset.get(k) for k in ("in_channels", "image_size", "num_classes")}
+    if sizes["num_classes"] is None:
+        sizes["num_classes"] = 2  # counted from the data later (imagefolder); only the classifier's width depends on it
     if all(isinstance(v, int) for v in sizes.values()):
         spec = SimpleNamespace(**sizes)
+        refuse_beyond_memory("dataset.image_size", spec.image_size, 2 * spec.in_channels * spec.image_size**2 * 4,
+                             f"two {spec.image_size}x{spec.image_size}x{spec.in_channels} images as float32 (the smallest batch)")
         images = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
         # A forward pass too: torch modules take any argument and fail only when called.
         building("model", lambda: build_model(cfg, spec, dropout=0.0)(images), cfg)
