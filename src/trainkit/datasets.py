@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,18 +121,86 @@ TRAIN_FILES = {
 }
 
 
+IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")  # torchvision checks only that their files exist, not their md5
+# Every file torchvision needs under data_dir, the test split's and those its integrity checks want included.
+NEEDED_FILES = {
+    **{name: tuple(f"{EXPECTED_FILES[name][0]}/{split}-{kind}" for split in ("train", "t10k")
+                   for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")) for name in IDX_DATASETS},
+    "cifar10": (*TRAIN_FILES["cifar10"], "cifar-10-batches-py/test_batch", "cifar-10-batches-py/batches.meta"),
+    "cifar100": (*TRAIN_FILES["cifar100"], "cifar-100-python/test", "cifar-100-python/meta"),
+    "svhn": (*TRAIN_FILES["svhn"], "test_32x32.mat"),
+    "stl10": (*TRAIN_FILES["stl10"], "stl10_binary/unlabeled_X.bin", "stl10_binary/test_X.bin", "stl10_binary/test_y.bin"),
+}
+# What torchvision's readers raise on a cut or damaged file (MNIST's parser asserts; CIFAR's unpickles).
+READ_ERRORS = (RuntimeError, OSError, ValueError, TypeError, AssertionError, EOFError, pickle.UnpicklingError)
+
+
 def load_torchvision(name: str, root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    folder, files = EXPECTED_FILES[name]
+    present = False
     try:
-        return _torchvision_arrays(name, root, download, train)
-    except (RuntimeError, OSError) as e:
-        folder, files = EXPECTED_FILES[name]
-        where = Path(root).resolve() / folder
+        refuse_file_as_folder(root, folder)
+        present = all((Path(root) / f).is_file() for f in NEEDED_FILES[name])
+        images, labels = _torchvision_arrays(name, root, download, train)
+    except READ_ERRORS as e:
+        raise UserError(read_failure(name, root, download, present, e)) from None
+    if len(images) != len(labels):
+        raise UserError(f"dataset={name}: the {'training' if train else 'test'} files in {Path(root).resolve() / folder} "
+                        f"hold {len(images)} images but {len(labels)} labels (truncated or mismatched files); put {files} there")
+    return images, labels
+
+
+def refuse_file_as_folder(root: str, folder: str) -> None:
+    """data_dir (or a folder torchvision expects below it) is a file: say so, not 'the download failed'."""
+    target = Path(root) / folder
+    for path in reversed([target, *target.parents]):
+        if path.exists() and not path.is_dir():
+            raise allowed("dataset.data_dir", root, f"{path.resolve()} is a file, not a folder"
+                          f"{f' (torchvision reads the folder {folder} in it)' if folder else ''}")
+
+
+def read_failure(name: str, root: str, download: bool, present: bool, error: Exception) -> str:
+    """What went wrong, in one line: files missing (and the download failed or was off), or there and broken."""
+    folder, files = EXPECTED_FILES[name]
+    where = Path(root).resolve() / folder
+    cause = one_line_cause(error)
+    fix = f"put {files} there, or set dataset.data_dir (or TRAINKIT_DATA_DIR) to the folder that holds {folder or 'them'}"
+    if isinstance(error, PermissionError):
+        return (f"dataset={name}: permission denied on {Path(error.filename).absolute()}: make it readable (and writable, "
+                "to download there), or set dataset.data_dir (or TRAINKIT_DATA_DIR) to another folder")
+    if not present:
         how = "the download failed" if download else "dataset.download is false"
-        raise UserError(
-            f"dataset={name}: could not read the files in {where} ({how}: {one_line_cause(e)}); "
-            f"put {files} there, or set dataset.data_dir (or TRAINKIT_DATA_DIR) to the folder that holds "
-            f"{folder or 'them'}"
-        ) from None
+        return f"dataset={name}: could not read the files in {where} ({how}: {cause}); {fix}"
+    if name in IDX_DATASETS:  # there, so torchvision read them without downloading: one of them is broken
+        for relative in NEEDED_FILES[name]:
+            problem = idx_problem(Path(root) / relative)
+            if problem:
+                return (f"dataset={name}: {Path(root).resolve() / relative} is truncated or corrupt ({problem}); "
+                        "no download was tried, as the file is there: replace it, or delete it and run with "
+                        "dataset.download=true to fetch it again")
+    elif isinstance(error, (RuntimeError, OSError)):
+        # torchvision compares each file with the md5 of the real release; on a mismatch it downloads again
+        tried = f", so it tried to download them again, and that failed: {cause}" if download else ""
+        return (f"dataset={name}: the files in {where} are there but fail torchvision's md5 check (truncated, corrupt "
+                f"or another release){tried}; {fix}")
+    return f"dataset={name}: the files in {where} are there but cannot be read, truncated or corrupt ({cause}); {fix}"
+
+
+def idx_problem(path: Path) -> str | None:
+    """What is wrong with one of MNIST's idx files (a byte array behind a header giving its shape), or None."""
+    data = path.read_bytes()
+    if not data:
+        return "the file is empty"
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] not in (1, 3):
+        return f"not an idx file of bytes: its first bytes are {data[:4].hex()}"
+    header = 4 + 4 * data[3]
+    if len(data) < header:
+        return f"{len(data)} bytes, shorter than its header"
+    shape = [int.from_bytes(data[i:i + 4], "big") for i in range(4, header, 4)]
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        return f"its header promises {'x'.join(map(str, shape))} values, {expected:,} bytes in all; it has {len(data):,}"
+    return None
 
 
 def one_line_cause(error: Exception) -> str:
@@ -166,10 +235,10 @@ def build_splits(cfg, seed: int) -> Splits:
         raise allowed("dataset.name", name, f"one of digits, imagefolder, {', '.join(TORCHVISION_DATASETS)}")
     train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, seed, "dataset.val_fraction")
     train = full.subset(train_idx)
-    return Splits(train, full.subset(val_idx), test, spec_from_config(cfg, full, train))
+    return Splits(train, full.subset(val_idx), test, spec_from_config(cfg, full, train, test))
 
 
-def spec_from_config(cfg, full: ArraySource, train: ArraySource) -> DataSpec:
+def spec_from_config(cfg, full: ArraySource, train: ArraySource, test: ArraySource) -> DataSpec:
     """The config's description of the data, checked against the images.
 
     mean/std null: computed over the whole training set (`full`, before the validation split), as
@@ -186,9 +255,14 @@ def spec_from_config(cfg, full: ArraySource, train: ArraySource) -> DataSpec:
         mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
     if len(mean) != c or len(std) != c:
         raise UserError(f"dataset.mean and dataset.std need {c} value(s), one per channel; got {len(mean)} and {len(std)}")
+    highest = int(max(full.labels.max(), test.labels.max()))
+    if highest >= int(cfg.num_classes):  # labels index the classifier's outputs and class_names
+        raise allowed("dataset.num_classes", cfg.num_classes, f"the {cfg.name} labels run from 0 to {highest}, "
+                      f"so it needs at least {highest + 1} classes")
     class_names = [str(name) for name in cfg.class_names]
     if len(class_names) != int(cfg.num_classes):
-        raise UserError(f"dataset={cfg.name}: {len(class_names)} class_names for num_classes={cfg.num_classes}")
+        raise UserError(f"dataset.class_names has {len(class_names)} names but dataset.num_classes={cfg.num_classes}: "
+                        "give one name per class")
     return DataSpec(in_channels=c, image_size=h, num_classes=int(cfg.num_classes), class_names=class_names, mean=mean, std=std)
 
 
