@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainkit.errors import UserError, allowed
@@ -98,6 +98,23 @@ def whole(n):
     return check
 
 
+def pixel_means(v) -> bool:
+    return per_channel(v) and all(0 <= x <= 1 for x in v)
+
+
+def pixel_stds(v) -> bool:  # a zero std divides by zero: the run would only diverge later
+    return per_channel(v) and all(0 < x <= 1 for x in v)
+
+
+def per_channel(v) -> bool:
+    return isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+
+pixel_means.what = "one number in [0, 1] per channel, for pixels scaled to [0, 1]"
+pixel_stds.what = "one number in (0, 1] per channel, for pixels scaled to [0, 1]"
+
+
 # Known keys of the groups that have no _target_, with a rule where a value can be wrong.
 SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {
@@ -111,7 +128,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
         "val_fraction": fraction_open, "test_fraction": fraction_open, "in_channels": optional(one_of(1, 3)),
         "image_size": optional(whole(1)), "num_classes": optional(whole(2)), "class_names": None,
-        "mean": None, "std": None, "preprocess": one_of("standardize", "center", "none", "zca"),
+        "mean": optional(pixel_means), "std": optional(pixel_stds), "preprocess": one_of("standardize", "center", "none", "zca"),
         "loader": one_of("auto", "device", "workers"), "workers": None,
         "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
         "zca_epsilon": positive, "resize": one_of("center_crop", "stretch"), "split_seed": whole(0),
@@ -221,9 +238,24 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> None:
     check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
     dataset = cfg.get("dataset") or {}
+    check_channel_stats(dataset)
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
         raise UserError("dataset.balanced_sampler=true with dataset.class_weights=auto corrects the class imbalance twice "
                         "(rare classes would then outweigh common ones); choose one of them")
+
+
+def check_channel_stats(dataset) -> None:
+    """dataset.mean and dataset.std: both given, one value per channel, or both null (computed)."""
+    mean, std, channels = dataset.get("mean"), dataset.get("std"), dataset.get("in_channels")
+    if (mean is None) != (std is None):
+        missing, given = ("mean", "std") if mean is None else ("std", "mean")
+        raise UserError(f"dataset.{missing}=null is not allowed with dataset.{given}={shown(dataset, given)}: give both, "
+                        "or leave both null to compute them from the training images")
+    for key in ("mean", "std"):
+        values = dataset.get(key)
+        if values is not None and isinstance(channels, int) and len(values) != channels:
+            raise allowed(f"dataset.{key}", values,
+                          f"{channels} value{'s' * (channels > 1)}, one per channel (dataset.in_channels={channels})")
 
 
 def check_warmup_ends_before_the_run(cfg: DictConfig) -> None:
