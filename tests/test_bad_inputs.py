@@ -150,6 +150,17 @@ CASES = [
     (["resume=auto", "-m", "optimizer=sgd,adam"], "resume=auto is not allowed with -m: resume one run at a time"),
     (["hydra.run.dir=mlp_run"], "hydra.run.dir='mlp_run' already holds a run; choose another folder, or continue that run "
                                 "with resume=mlp_run"),
+    # issue 9: data (imagefolder cases, which need special folders, are in tests/test_datasets.py)
+    (["dataset.std=[0]"], "dataset.std=[0] is not allowed: null or one number in (0, 1] per channel, for pixels scaled to [0, 1]"),
+    (["dataset=cifar10", "dataset.mean=[0.5]"], "dataset.mean=[0.5] is not allowed: 3 values, one per channel "
+                                                "(dataset.in_channels=3)"),
+    (["dataset.std=null"], "dataset.std=null is not allowed with dataset.mean=[0.3053]: give both, or leave both null to "
+                           "compute them from the training images"),
+    (["dataset.num_classes=5"], "dataset.num_classes=5 is not allowed: the digits labels run from 0 to 9, so it needs at "
+                                "least 10 classes"),
+    (["dataset=mnist", "dataset.data_dir=mlp_run/metrics.json"],
+     "dataset.data_dir='mlp_run/metrics.json' is not allowed: WORKDIR/mlp_run/metrics.json is a file, not a folder "
+     "(torchvision reads the folder MNIST/raw in it)"),
 ]
 
 

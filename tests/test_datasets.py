@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,3 +279,127 @@ def test_every_dataset_config_composes():
         if cfg.dataset.mean is not None:
             assert len(cfg.dataset.mean) == len(cfg.dataset.std) == cfg.dataset.in_channels
             assert len(cfg.dataset.class_names) == cfg.dataset.num_classes
+
+
+# --- Bad image folders and sizes, through the real CLI: one line, exit code 2, nothing written -------
+
+def tree(root, classes: dict[str, int]) -> None:
+    for name, n in classes.items():
+        for i in range(n):
+            _png(root / name / f"{i}.png", (8, 8), (20 * i, 100, 0))
+
+
+def refused(args: list[str], cwd, as_user: list[str] = ()) -> str:
+    """Run `trainkit train` (prefixed by `as_user`, a command that switches user): it must fail with one
+    line and exit code 2, writing nothing under cwd. Returns the message."""
+    from conftest import trainkit_command
+
+    before = {p: p.stat().st_mtime_ns for p in cwd.rglob("*")}
+    env = {**os.environ, "COLUMNS": "200", "HOME": str(cwd)}
+    env.pop("TRAINKIT_OUTPUT_DIR", None)
+    result = subprocess.run([*as_user, *trainkit_command(), "train", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert {p: p.stat().st_mtime_ns for p in cwd.rglob("*")} == before  # no run folder left behind
+    return result.stderr.removeprefix("error: ").rstrip("\n")
+
+
+def test_an_image_folder_of_one_class_is_refused(tmp_path):
+    """Before: it 'trained' to accuracy 1.0."""
+    tree(tmp_path / "imgs", {"cats": 10})
+    cfg = config("dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", "dataset.cache_dir=null")
+    with pytest.raises(UserError) as e:
+        build_splits(cfg.dataset, 0)
+    assert str(e.value) == (f"dataset.root: {tmp_path}/imgs has 1 class folder (cats); a classifier needs at least 2 "
+                            f"classes: put the images of each class in its own {tmp_path}/imgs/<class name>/")
+
+
+def test_an_image_size_beyond_memory_is_refused_before_allocating(tmp_path):
+    """Before: a MemoryError after trying to allocate terabytes (the pre-run model check was skipped
+    for imagefolder, whose num_classes is null until the folders are counted)."""
+    from trainkit.preflight import compose_checked
+
+    tree(tmp_path / "imgs", {"a": 10, "b": 10})
+    message = refused(["dataset=imagefolder", "dataset.root=imgs", "dataset.image_size=100000"], tmp_path)
+    expected = (r"dataset.image_size=100000 is not allowed: two 100000x100000x{} images as float32 \(the smallest batch\) "
+                r"need [\d.]+ GiB of memory, and [\d.]+ [GMT]iB is available; choose a smaller dataset.image_size")
+    assert re.fullmatch(expected.format(3), message), message
+    with pytest.raises(UserError, match=f"^{expected.format(1)}$"):  # digits: the same check (a RuntimeError before)
+        compose_checked(["dataset.image_size=100000"])
+
+
+def test_an_image_folder_beyond_memory_is_refused_before_reading(tmp_path):
+    from trainkit.memory import available_memory
+
+    tree(tmp_path / "imgs", {"a": 10, "b": 10})
+    size = int((available_memory() / 20 / 3) ** 0.5) + 100  # 20 images that do not fit, one batch that does
+    cfg = config("dataset=imagefolder", f"dataset.root={tmp_path / 'imgs'}", f"dataset.image_size={size}",
+                 "dataset.cache_dir=null")
+    with pytest.raises(UserError, match=rf"^dataset.image_size={size} is not allowed: the 20 images at {size}x{size}x3 "
+                                        r"\(uint8\) need [\d.]+ GiB of memory, and [\d.]+ GiB is available"):
+        build_splits(cfg.dataset, 0)
+
+
+@pytest.fixture
+def unprivileged(tmp_path):
+    """(a command prefix that runs trainkit as a user whom file permissions bind, a folder it can use):
+    root ignores them, so as root trainkit runs as 'nobody' (util-linux's setpriv); else as is."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        yield [], tmp_path
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root, where file permissions do not bind, and setpriv (util-linux) is missing")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run([*as_nobody, sys.executable, "-c", "import trainkit, torch"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"running as root, and user 65534 cannot run this Python: {probe.stderr.strip()[-200:]}")
+    folder = Path(tempfile.mkdtemp(prefix="trainkit-permissions-"))  # pytest's tmp_path is private to root
+    folder.chmod(0o777)
+    yield as_nobody, folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("locked", ["root", "class"])
+def test_an_unreadable_image_folder_is_a_permission_error(unprivileged, locked):
+    """Before: a PermissionError traceback (root), or 'hold no images' (a class folder)."""
+    as_user, cwd = unprivileged
+    tree(cwd / "imgs", {"a": 10, "b": 10})
+    for path in [cwd / "imgs", *(cwd / "imgs").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    denied = cwd / "imgs" if locked == "root" else cwd / "imgs" / "b"
+    denied.chmod(0o000)
+    try:
+        message = refused(["dataset=imagefolder", "dataset.root=imgs"], cwd, as_user)
+    finally:
+        denied.chmod(0o755)
+    assert message == f"dataset.root: permission denied: this user cannot read {denied}; make it readable " \
+                      f"(e.g. chmod -R a+rX {denied})"
+
+
+def test_num_classes_must_cover_the_labels():
+    """Before: an IndexError in the TensorBoard image grid (labels 5..9 have no class name)."""
+    with pytest.raises(UserError, match=r"^dataset.num_classes=5 is not allowed: the digits labels run from 0 to 9, so it "
+                                        r"needs at least 10 classes$"):
+        build_splits(config("dataset.num_classes=5", "dataset.class_names=[a,b,c,d,e]").dataset, 0)
+    with pytest.raises(UserError, match=r"^dataset.class_names has 10 names but dataset.num_classes=12: give one name "
+                                        r"per class$"):
+        build_splits(config("dataset.num_classes=12").dataset, 0)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("std", "[0]"), ("std", "[-0.2]"), ("std", "[nan]"), ("std", "[inf]"), ("std", "[58.4]"), ("std", "0.3"),
+    ("mean", "[1.5]"), ("mean", "[abc]"), ("mean", "[]"),
+])
+def test_mean_and_std_are_checked_before_the_run(key, value):
+    """A zero std used to end as 'diverged ... lower optimizer.lr'; one in 0..255 units would train silently badly."""
+    from trainkit.config_check import check_config
+
+    what = {"std": "one number in (0, 1] per channel", "mean": "one number in [0, 1] per channel"}[key]
+    with pytest.raises(UserError, match=rf"^dataset.{key}=.* is not allowed: null or {re.escape(what)}, for pixels scaled "
+                                        r"to \[0, 1\]$"):
+        check_config(config(f"dataset.{key}={value}"))
