@@ -161,6 +161,30 @@ CASES = [
     (["dataset=mnist", "dataset.data_dir=mlp_run/metrics.json"],
      "dataset.data_dir='mlp_run/metrics.json' is not allowed: WORKDIR/mlp_run/metrics.json is a file, not a folder "
      "(torchvision reads the folder MNIST/raw in it)"),
+    # issue 9: CLI and start-up
+    (["optimizer.betas=[0.9]"], "optimizer.betas=[0.9] is not allowed: two numbers in [0, 1): [beta1, beta2], the decay "
+                                "rates of the gradient's running mean and square"),
+    (["trainer.seed=100000000000000"], "trainer.seed=100000000000000 is not allowed: a whole number from 0 to "
+                                       "18446688733642 (torch's 64-bit seed holds seed x 1000003 + epoch)"),
+    (["~logger"], "~logger is not allowed: every run reads logger; choose one of its options instead (logger=tensorboard)"),
+    (["~trainer.epochs"], "~trainer.epochs is not allowed: every run reads trainer.epochs; set its value instead "
+                          "(trainer.epochs=...)"),
+    (["activation._target_=os.system"],
+     "activation: these settings cannot be built: InstantiationException: Target 'os.system' is blocklisted because it "
+     "allows config data to control executable behavior or belongs to an execution-capable target family. It cannot be "
+     "authorized with HYDRA_INSTANTIATE_ALLOWLIST_OVERRIDE."),
+    (["dataset=imagefolder", "dataset.root=my", "dir"],  # the shell split an unquoted space
+     "dir: not an override (key=value); if it is the rest of a value with a space in it, quote the value: "
+     "'dataset.root=\"my dir\"'"),
+    (["dataset=imagefolder", "dataset.root=my dir/é"],
+     "dataset.root=my dir/é: Hydra cannot read spaces or non-ASCII characters unquoted; write it as "
+     "'dataset.root=\"my dir/é\"'"),
+    (["dataset=imagefolder", "dataset.root=runs_é/r1"],
+     "dataset.root=runs_é/r1: Hydra cannot read spaces or non-ASCII characters unquoted; write it as "
+     "'dataset.root=\"runs_é/r1\"'"),
+    (["paths.output_root=a#b"], "paths.output_root=a#b: Hydra cannot read '#' unquoted; write it as 'paths.output_root=\"a#b\"'"),
+    (["--cfg", "job", "optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
+    (["--cfg", "job", "optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
 ]
 
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from conftest import run_trainkit
 from trainkit.image_grid import make_grid_with_labels
+
+OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
 
 
 def preview(*args: str, cwd):
-    argv = ["trainkit preview", *args]
-    code = f"import sys; sys.argv={argv!r}; from trainkit.preview import main; main()"
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=180)
+    """The real `trainkit preview` command."""
+    return run_trainkit("preview", *args, cwd=cwd, timeout=180)
 
 
 def test_preview_writes_a_png_and_nothing_else(tmp_path):
@@ -31,9 +33,32 @@ def test_preview_writes_a_png_and_nothing_else(tmp_path):
 def test_preview_reports_a_user_error_without_traceback(tmp_path):
     result = preview("dataset=imagefolder", f"dataset.root={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert result.returncode == 2
-    assert "error:" in result.stdout and "is not a folder" in result.stdout
+    assert result.stderr == (f"error: dataset.root='{tmp_path / 'nowhere'}': {tmp_path / 'nowhere'} is not a folder; put one "
+                             "sub-folder of images per class there (or train/<class>/, val/<class>/, test/<class>/)\n")
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "preview.png").exists()
+
+
+# issue 9: preview's errors are train's: one line on stderr, exit code 2, nothing written.
+PREVIEW_CASES = [
+    (["out=/proc/forbidden/x.png"], "out='/proc/forbidden/x.png' is not allowed: cannot make a folder in /proc (No such file or directory)"),
+    (["out=taken/x.png"], "out='taken/x.png' is not allowed: WORKDIR/taken is a file, not a folder"),
+    (["optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
+    (["--cfg", "job", "optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
+    (["n=0"], "n=0 is not allowed: a whole number >= 1"),
+    (["+outt=a.png"], "outt='a.png': unknown top-level key (did you mean out?); the config's top level holds task_name, resume, "
+                      "dataset, augmentation, model, norm, activation, init, trainer, schedule, optimizer, regularization, "
+                      "logger, paths, out, n"),
+]
+
+
+@pytest.mark.parametrize("args,message", PREVIEW_CASES, ids=[" ".join(a) for a, _ in PREVIEW_CASES])
+def test_preview_error_is_one_line_on_stderr_and_exit_code_2(tmp_path, args, message):
+    (tmp_path / "taken").write_text("a file where out's folder would go")
+    result = preview(*args, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, f"error: {message.replace('WORKDIR', str(tmp_path))}\n")
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
 def test_grid_has_one_tile_per_image_and_grey_becomes_rgb():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -242,3 +243,106 @@ def test_gradient_clipping_logs_the_gradient_norm(tmp_path):
     assert result.returncode == 0, result.stderr
     norms = [v for _, v in read_scalars(tmp_path / "run" / "tensorboard")[M.GRAD_NORM]]
     assert len(norms) == 21 and all(v > 0 for v in norms)  # one per step of the epoch
+
+
+# issue 9: CLI and start-up
+
+HEAVY = ("torch", "torchvision", "albumentations")
+
+
+@pytest.mark.parametrize("args,code", [
+    (["train", "--cfg", "job"], 0),
+    (["train", "--help"], 0),
+    (["train", "optimizer=adamm"], 2),
+    (["train", "trainer.epoch=3"], 2),
+    (["train", "optimizer.lr=-0.1"], 2),
+    (["train", "--cfg", "job", "optimizer=adamm"], 2),
+])
+def test_checking_a_config_imports_no_torch(tmp_path, args, code):
+    # What a user waits on before anything is built must not pay for importing torch (scripts/bench_startup.py).
+    import subprocess
+    import sys
+
+    program = ("import atexit, sys\n"
+               f"atexit.register(lambda: print('imported:', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
+               f"from trainkit.cli import main\nmain({args!r})")
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stderr.splitlines()[-1] == "imported: []"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_comes_from_the_package():
+    from importlib.metadata import version
+
+    import trainkit
+
+    result = run_trainkit("--version", cwd=Path(__file__).parent)
+    assert result.returncode == 0
+    assert result.stdout == f"trainkit {trainkit.__version__}\n" == f"trainkit {version('trainkit')}\n"
+
+
+def test_arguments_in_any_order(tmp_path):
+    # Overrides before --config-dir and on both sides of -m: Hydra itself takes only flags first.
+    (tmp_path / "my_configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "my_configs" / "optimizer" / "fast_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlr: 0.2\n")
+    result = run_trainkit("train", "optimizer=fast_sgd", "model=mlp", "--config-dir", "my_configs", "trainer.epochs=1",
+                          "-m", "hydra.sweep.dir=sweep", "schedule=constant", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = torch.load(tmp_path / "sweep" / "0" / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["config"]["optimizer"]["lr"] == 0.2 and saved["config"]["schedule"]["_target_"].endswith("constant")
+    assert json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_home_is_expanded_in_path_values(tmp_path):
+    # Hydra's grammar cannot read ~; a home folder with a space and an accent needs quoting once expanded.
+    home = tmp_path / "hé me"
+    (home / "my_configs" / "optimizer").mkdir(parents=True)
+    (home / "my_configs" / "optimizer" / "fast_sgd.yaml").write_text("defaults:\n  - sgd\n  - _self_\nlr: 0.2\n")
+    result = run_trainkit("train", "--config-dir=~/my_configs", "optimizer=fast_sgd", "dataset=imagefolder",
+                          "dataset.root=~/pets", "paths.output_root=~/outs", "--cfg", "all", "--resolve",
+                          cwd=tmp_path, env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.dataset.root == str(home / "pets") and cfg.paths.output_root == str(home / "outs")
+    assert cfg.optimizer.lr == 0.2 and cfg.hydra.run.dir.startswith(str(home / "outs" / "runs") + "/")
+
+
+def test_a_run_with_stdout_closed_logs_to_train_log(tmp_path):
+    import subprocess
+
+    from conftest import trainkit_command
+
+    command = " ".join([*trainkit_command(), "train", "model=mlp", "trainer.epochs=1", "hydra.run.dir=run"])
+    result = subprocess.run(f"{command} >&-", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "completed"
+    assert "epoch 1/1  train/loss" in (tmp_path / "run" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("group,option,yaml,message", [
+    ("optimizer", "listy", "- lr\n- 0.1\n",
+     "optimizer=listy is not allowed: WORKDIR/my_configs/optimizer/listy.yaml holds a list, not a mapping of keys to "
+     "values (an option sets its group's keys, one 'key: value' line each, as trainkit's configs/optimizer/*.yaml do)"),
+    ("activation", "bare_relu", "_target_: torch.nn.ReLU\n",  # no _partial_: the model cannot make one per layer
+     "activation: these settings cannot be built: TypeError: ReLU.forward() missing 1 required positional argument: 'input'"),
+    ("init", "xavier_fn", "_target_: torch.nn.init.xavier_uniform_\n_partial_: true\n",  # a tensor function, not a model's
+     "init: these settings cannot be built: AttributeError: 'SmallCNN' object has no attribute 'dim'"),
+])
+def test_a_broken_option_of_ones_own_is_blamed_on_its_group(tmp_path, group, option, yaml, message):
+    (tmp_path / "my_configs" / group).mkdir(parents=True)
+    (tmp_path / "my_configs" / group / f"{option}.yaml").write_text(yaml)
+    result = run_trainkit("train", "--config-dir", "my_configs", f"{group}={option}", cwd=tmp_path, timeout=120)
+    assert (result.returncode, result.stderr) == (2, f"error: {message.replace('WORKDIR', str(tmp_path))}\n")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_largest_allowed_seed_is_the_loaders_real_limit():
+    from trainkit.config_check import SEED_MAX
+    from trainkit.loaders import epoch_generator
+
+    epoch_generator(SEED_MAX, 10**6)  # a million epochs still fit torch's 64-bit seed
+    with pytest.raises((ValueError, OverflowError, RuntimeError)):
+        epoch_generator(SEED_MAX + 1, 10**6)
+    assert f"0 to {SEED_MAX} " in (Path(__file__).parents[1] / "configs" / "trainer" / "default.yaml").read_text()

@@ -11,9 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from trainkit import __version__
 from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
 
-USAGE = """usage: trainkit <command> [overrides] [hydra flags]
+USAGE = """usage: trainkit <command> [overrides] [hydra flags]    (trainkit --version)
 
 commands:
   train     train a classifier from the composed config (a Hydra app: -m for sweeps,
@@ -28,15 +29,24 @@ examples:
 """
 
 APPS = {"train": "trainkit.train", "preview": "trainkit.preview"}
-# Hydra flags after which no run starts, so there is nothing to check beforehand.
-INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
-              "--resolve", "--package", "-p")
+ROOT_CONFIGS = {"train": "train", "preview": "preview"}
+# Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
+HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
+# Hydra flags that print the composed config instead of running: it is checked, but nothing is built.
+INFO_FLAGS = ("--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p")
+# Overrides whose value is a path: a leading ~ is the user's home (Hydra's grammar cannot read ~).
+PATH_KEYS = ("dataset.root", "dataset.data_dir", "dataset.cache_dir", "hydra.run.dir", "hydra.sweep.dir")
+PATH_GROUPS = ("paths.",)
 
 
 def main(argv: list[str] | None = None) -> None:
+    keep_standard_streams_open()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
+        return
+    if argv[0] in ("--version", "-V"):
+        print(f"trainkit {__version__}")
         return
     if argv[0] in ("-sc", "--shell-completion"):
         # Hydra's completion script calls `trainkit -sc query=bash` with the line in COMP_LINE.
@@ -48,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     if command not in APPS:
         fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
     try:
-        if command == "train" and not any(a.split("=")[0] in INFO_FLAGS for a in rest):
-            rest = prepare_train(rest)
+        rest = prepare(command, rest)
     except UserError as e:
         fail(str(e))
     completing = any(a.split("=")[0] in ("-sc", "--shell-completion") for a in rest)
@@ -61,12 +70,28 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # between a sweep's jobs, or while Hydra starts: no traceback
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    if command == "train":
-        from trainkit.sweep_summary import FAILED_JOBS
+    summary = sys.modules.get("trainkit.sweep_summary")  # loaded by Hydra as a sweep's callback, or not at all
+    if command == "train" and summary is not None and summary.FAILED_JOBS:
+        failed = summary.FAILED_JOBS
+        print(f"error: {len(failed)} sweep job(s) did not complete: {', '.join(failed)} (see summary.csv)", file=sys.stderr)
+        raise SystemExit(1)
 
-        if FAILED_JOBS:
-            print(f"error: {len(FAILED_JOBS)} sweep job(s) did not complete: {', '.join(FAILED_JOBS)} (see summary.csv)", file=sys.stderr)
-            raise SystemExit(1)
+
+def keep_standard_streams_open() -> None:
+    """`trainkit train >&-`: Python sets a closed stdout to None, and the first file the run opens
+    would take its descriptor and receive everything printed. /dev/null takes its place instead;
+    the run's lines still reach train.log."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))
 
 
 def fail(message: str) -> None:
@@ -94,15 +119,67 @@ def command_being_completed() -> str | None:
     return command
 
 
-def prepare_train(args: list[str]) -> list[str]:
-    """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
+def prepare(command: str, args: list[str]) -> list[str]:
+    """The arguments for the command's Hydra app, once the config they compose is known to be
+    right: Hydra's flags first, then the overrides (Hydra takes no other order), `~` expanded."""
+    if any(a.split("=")[0] in HELP_FLAGS for a in args):
+        return args
+    if command == "train" and not any(a.split("=")[0] in INFO_FLAGS for a in args):
+        return prepare_train(args)
+    from trainkit import preflight, preview
+
+    parsed, options, overrides = hydra_arguments(args)
+    sources = preflight.ConfigSources(dirs=(config_dir(parsed.config_dir),) if parsed.config_dir else (),
+                                      name=parsed.config_name or ROOT_CONFIGS[command],
+                                      root_keys=preview.OWN_ROOT_KEYS if command == "preview" else ())
+    if any(a.split("=")[0] in INFO_FLAGS for a in options):  # the config is only printed
+        preflight.check_all(overrides, parsed.multirun, sources, shallow=True)
+    else:  # a preview: its data is built, its model never is
+        preview.check_preview(preflight.compose_checked(overrides, sources, build=False).cfg)
+    return [*options, *overrides]
+
+
+def hydra_arguments(args: list[str]):
+    """(Hydra's parse of `args`, its flags with their values as given, the overrides): any order
+    the user wrote them in, each path value's leading `~` expanded."""
     from hydra._internal.utils import get_args_parser
 
+    parser = get_args_parser()
+    parsed, _ = parser.parse_known_intermixed_args(args)
+    pending = list(parsed.overrides or [])
+    options, overrides, value_of = [], [], None
+    for arg in args:
+        if value_of is None and pending and arg == pending[0]:
+            overrides.append(expand_home(pending.pop(0)))
+            continue
+        flag, has_value, value = arg.partition("=")
+        if value_of in ("--config-dir", "-cd"):
+            arg = str(Path(arg).expanduser())
+        elif flag in ("--config-dir", "-cd") and has_value:
+            arg = f"{flag}={Path(value).expanduser()}"
+        options.append(arg)
+        action = parser._option_string_actions.get(arg) if value_of is None else None  # argparse has no public lookup
+        value_of = arg if action is not None and action.nargs != 0 and action.nargs != "?" else None
+    return parsed, options, overrides
+
+
+def expand_home(override: str) -> str:
+    """`dataset.root=~/pets` as `dataset.root=/home/me/pets` (quoted where Hydra needs it)."""
+    from trainkit.preflight import hydra_value
+
+    key, sep, value = override.partition("=")
+    bare = key.lstrip("+")
+    if not sep or not value.startswith("~") or not (bare in PATH_KEYS or bare.startswith(PATH_GROUPS)):
+        return override
+    expanded = os.path.expanduser(value)
+    return override if expanded == value else f"{key}={hydra_value(expanded)}"
+
+
+def prepare_train(args: list[str]) -> list[str]:
+    """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
     from trainkit import preflight
 
-    parsed, _ = get_args_parser().parse_known_intermixed_args(args)
-    overrides = list(parsed.overrides or [])
-    options = [a for a in args if a not in overrides]  # Hydra's own flags, passed on as given
+    parsed, options, overrides = hydra_arguments(args)
     sources = preflight.ConfigSources(
         dirs=(config_dir(parsed.config_dir),) if parsed.config_dir else (), name=parsed.config_name or "train")
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
@@ -116,7 +193,7 @@ def prepare_train(args: list[str]) -> list[str]:
     if resume and resume != "null":
         return prepare_resume(resume, overrides, options, sources)
     preflight.check_all(overrides, parsed.multirun, sources)
-    return args
+    return [*options, *overrides]
 
 
 def config_dir(path: str) -> str:

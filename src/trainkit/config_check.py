@@ -21,8 +21,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainkit.errors import UserError, allowed
 from trainkit.metrics import MODES, MONITORABLE, natural_mode
-from trainkit.optimizers import OWN_KEYS as OPTIMIZER_OWN_KEYS
-from trainkit.schedules import WARMUP_KEYS
 
 
 def positive(v) -> bool:
@@ -113,13 +111,23 @@ def per_channel(v) -> bool:
 
 pixel_means.what = "one number in [0, 1] per channel, for pixels scaled to [0, 1]"
 pixel_stds.what = "one number in (0, 1] per channel, for pixels scaled to [0, 1]"
+# The loaders seed each epoch's torch generator with seed * 1_000_003 + epoch (loaders.epoch_generator),
+# and torch takes seeds below 2**64: the largest seed that leaves room for a million epochs.
+SEED_MAX = (2**64 - 1 - 10**6) // 1_000_003
+
+
+def seed(v) -> bool:
+    return whole_at_least(0)(v) and v <= SEED_MAX
+
+
+seed.what = f"a whole number from 0 to {SEED_MAX} (torch's 64-bit seed holds seed x 1000003 + epoch)"
 
 
 # Known keys of the groups that have no _target_, with a rule where a value can be wrong.
 SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {
         "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": device_name,
-        "precision": precision, "seed": whole(0),
+        "precision": precision, "seed": seed,
         "monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "on_nan": one_of("stop", "skip"),
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
         "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
@@ -141,6 +149,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 # The top level of train.yaml: its groups and its own two keys.
 ROOT_KEYS = ("task_name", "resume", "dataset", "augmentation", "model", "norm", "activation", "init", "trainer",
              "schedule", "optimizer", "regularization", "logger", "paths")
+# Nodes whose every key the run reads (a dataset's keys depend on the dataset).
+FULLY_READ = ("trainer", "logger.tensorboard", "paths")
+
+
+def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | None:
+    """The first key every run reads that the config lacks (after ~logger, or from an option
+    file written without it), or None."""
+    for key in ROOT_KEYS + own_root_keys:
+        if key not in cfg:
+            return key
+    for path in FULLY_READ:
+        parent, _, leaf = path.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and leaf not in node:
+            return path
+        node = OmegaConf.select(cfg, path)
+        for key in SCHEMAS[path] if isinstance(node, DictConfig) else ():
+            if key not in node:
+                return f"{path}.{key}"
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if isinstance(node, DictConfig) and "_target_" not in node:
+            return f"{group}._target_"
+    return None
 
 
 def shown(node: DictConfig, key: str) -> str:
@@ -173,9 +205,17 @@ def fraction_up_to_one(v) -> bool:
 
 fraction_up_to_one.what = "a number in (0, 1]"
 
+
+def beta_pair(v) -> bool:
+    return OmegaConf.is_list(v) and len(v) == 2 and all(in_unit_interval_half_open(b) for b in v)
+
+
+beta_pair.what = "two numbers in [0, 1): [beta1, beta2], the decay rates of the gradient's running mean and square"
+
 # Range rules for keys inside _target_ nodes (their key names come from the target's signature).
 TARGET_RULES: dict[str, dict[str, Any]] = {
-    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative, "k": whole(1)},
+    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative, "k": whole(1),
+                  "betas": beta_pair},
     "model": {"depth": whole(1), "width": whole(1), "hidden": widths, "channels": widths},
     "norm": {"num_groups": whole(1)},
 }
@@ -199,13 +239,18 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
 }
 
 
-def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> None:
+def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signatures: bool = True) -> None:
     """Raise one UserError for the first problem found; silent for a good config.
 
-    `own_root_keys`: top-level keys a command adds to train.yaml (preview's out and n)."""
+    `own_root_keys`: top-level keys a command adds to train.yaml (preview's out and n).
+    The checks that need no import come first; `signatures=False` skips those that import each
+    _target_ to read its signature (torch, albumentations): printing a config needs none of them."""
+    missing = missing_key(cfg, own_root_keys)
+    if missing is not None:
+        raise UserError(f"{missing} is required: set it on the command line ({missing}=...) or in your config")
     for key in cfg:
         if key not in ROOT_KEYS and key not in own_root_keys:
-            raise UserError(f"{key}={shown(cfg, key)}: unknown top-level key{did_you_mean(key, ROOT_KEYS)}; the "
+            raise UserError(f"{key}={shown(cfg, key)}: unknown top-level key{did_you_mean(key, ROOT_KEYS + own_root_keys)}; the "
                             f"config's top level holds {', '.join(ROOT_KEYS + own_root_keys)}")
     for group, schema in SCHEMAS.items():
         node = OmegaConf.select(cfg, group)
@@ -219,14 +264,10 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> None:
             value = node.get(key)
             if rule is not None and not rule(value):
                 raise allowed(f"{group}.{key}", value, describe(rule))
-    for group in ("optimizer", "schedule", "model", "norm", "activation", "init"):
+    for group in TARGET_GROUPS:
         node = cfg.get(group)
-        if node is not None:
-            check_target_node(group, node, TARGET_RULES.get(group, {}), EXTRA_KEYS.get(group, set()))
-    for split in ("train", "eval"):
-        for i, transform in enumerate((cfg.get("augmentation") or {}).get(split) or []):
-            if isinstance(transform, DictConfig):
-                check_target_node(f"augmentation.{split}[{i}]", transform, {})
+        if isinstance(node, DictConfig):
+            check_target_values(group, node, TARGET_RULES.get(group, {}))
     for name, node in (cfg.get("regularization") or {}).items():
         rules = REGULARIZATION_RULES.get(name, {})
         if not isinstance(node, DictConfig):
@@ -242,6 +283,23 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> None:
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
         raise UserError("dataset.balanced_sampler=true with dataset.class_weights=auto corrects the class imbalance twice "
                         "(rare classes would then outweigh common ones); choose one of them")
+    if signatures:
+        check_target_signatures(cfg)
+
+
+TARGET_GROUPS = ("optimizer", "schedule", "model", "norm", "activation", "init")
+
+
+def check_target_signatures(cfg: DictConfig) -> None:
+    """Every key of each _target_ node is an argument its target accepts (this imports the targets)."""
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            check_target_node(group, node, extra_keys(group))
+    for split in ("train", "eval"):
+        for i, transform in enumerate((cfg.get("augmentation") or {}).get(split) or []):
+            if isinstance(transform, DictConfig):
+                check_target_node(f"augmentation.{split}[{i}]", transform)
 
 
 def check_channel_stats(dataset) -> None:
@@ -279,8 +337,18 @@ def check_mode_fits_monitor(cfg: DictConfig) -> None:
                             f"use {natural_mode(monitor)} or auto")
 
 
-# Keys the run consumes itself before calling the target.
-EXTRA_KEYS = {"schedule": set(WARMUP_KEYS), "optimizer": set(OPTIMIZER_OWN_KEYS)}
+def extra_keys(group: str) -> set[str]:
+    """Keys the run consumes itself before calling the group's target (read where they are
+    consumed, when the targets are imported anyway)."""
+    if group == "optimizer":
+        from trainkit.optimizers import OWN_KEYS
+
+        return set(OWN_KEYS)
+    if group == "schedule":
+        from trainkit.schedules import WARMUP_KEYS
+
+        return set(WARMUP_KEYS)
+    return set()
 
 
 LBFGS = "torch.optim.LBFGS"
@@ -310,7 +378,22 @@ def check_lbfgs_is_noise_free(cfg: DictConfig) -> None:
                         "every epoch changes the objective under L-BFGS; use dataset.class_weights=auto instead")
 
 
-def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] = frozenset()) -> None:
+def check_target_values(path: str, node: DictConfig, rules: dict) -> None:
+    """The range rules of a _target_ node's keys (and of a nested one's: lookahead's base); no import."""
+    target = node.get("_target_")
+    for key in node:
+        if key.startswith("_") and key.endswith("_"):
+            continue
+        value = node.get(key)
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_target_values(f"{path}.{key}", value, rules)
+            continue
+        rule = RULES_BY_TARGET.get(str(target), {}).get(key) or rules.get(key)
+        if rule is not None and not rule(value):
+            raise allowed(f"{path}.{key}", value, describe(rule))
+
+
+def check_target_node(path: str, node: DictConfig, extra: set[str] = frozenset()) -> None:
     """Every key of a _target_ node must be an argument its target accepts."""
     target = node.get("_target_")
     if target is None:
@@ -324,14 +407,11 @@ def check_target_node(path: str, node: DictConfig, rules: dict, extra: set[str] 
             continue
         value = node.get(key)
         if isinstance(value, DictConfig) and "_target_" in value:
-            check_target_node(f"{path}.{key}", value, rules, extra)
+            check_target_node(f"{path}.{key}", value, extra)
             continue
         if key not in accepted and key not in extra and not takes_kwargs:
             raise UserError(f"{path}.{key}={shown(node, key)}: unknown key for {target}"
                             f"{did_you_mean(key, accepted | extra)}; allowed: {', '.join(sorted(accepted | extra))}")
-        rule = RULES_BY_TARGET.get(str(target), {}).get(key) or rules.get(key)
-        if rule is not None and not rule(value):
-            raise allowed(f"{path}.{key}", value, describe(rule))
 
 
 def locate(dotted: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from trainkit.config_check import check_config, did_you_mean
+from trainkit.config_check import check_config, did_you_mean, missing_key
 from trainkit.errors import UserError, allowed, user_error_in
 from trainkit.memory import refuse_beyond_memory
 from trainkit.metrics import resolve_mode
@@ -28,10 +29,11 @@ from trainkit.run_record import COMPLETED, RunRecord
 @dataclass(frozen=True)
 class ConfigSources:
     """Where a config comes from: trainkit's configs plus the user's --config-dir folders, and
-    the root config (--config-name)."""
+    the root config (--config-name) with the top-level keys it adds to train.yaml's (preview's out, n)."""
 
     dirs: tuple[str, ...] = ()
     name: str = "train"
+    root_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -58,8 +60,13 @@ def hydra_for(sources: ConfigSources):
     return Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
 
 
-def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources()) -> Composed:
-    """The config Hydra will compose for these overrides and config sources, checked."""
+def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources(), *, signatures: bool = True,
+                    build: bool = True) -> Composed:
+    """The config Hydra will compose for these overrides and config sources, checked.
+
+    Composition, keys, types and ranges need neither torch nor albumentations; `signatures`
+    adds the checks that import each _target_ (its arguments), `build` those that build the
+    cheap parts. Printing a config (--cfg) needs neither."""
     GlobalHydra.instance().clear()
     try:
         hydra = hydra_for(sources)
@@ -78,6 +85,8 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
                 return list(node) if isinstance(node, DictConfig) else []
 
             raise UserError(one_line(e, overrides, group_options, keys_of)) from None
+        refuse_non_mapping_options(cfg, sources)
+        refuse_deleting_required(overrides, cfg, sources.root_keys)
     finally:
         GlobalHydra.instance().clear()
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -88,11 +97,45 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
         key = unresolvable_key(job_cfg) or unresolvable_key(cfg.hydra.run, "hydra.run")  # resolve stopped at the bad key
         message = one_line(e, overrides)
         raise UserError(f"{key}: {message}" if key and not message.startswith(key) else message) from None
-    check_config(job_cfg)
-    check_buildable(job_cfg)
+    check_config(job_cfg, sources.root_keys, signatures=signatures)
+    if build:
+        check_buildable(job_cfg)
     check_sweep_direction(cfg)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
     return Composed(job_cfg, run_dir, sweep_dir, params or {})
+
+
+def refuse_non_mapping_options(cfg: DictConfig, sources: ConfigSources) -> None:
+    """An option whose YAML is a list or a single value (a slip in a user's own config folder):
+    refused here, naming the file, rather than failing wherever its keys are read."""
+    for group, choice in cfg.hydra.runtime.choices.items():
+        if group == "hydra" or group.startswith("hydra/") or not isinstance(choice, str):
+            continue
+        try:
+            node = OmegaConf.select(cfg, group.replace("/", "."))
+        except OmegaConfBaseException:
+            continue  # inside a node that is itself refused here
+        if node is None or isinstance(node, DictConfig):
+            continue
+        files = [Path(d) / group / f"{choice}.yaml" for d in sources.dirs]
+        where = next((str(f) for f in files if f.is_file()), f"{group}/{choice}.yaml")
+        kind = "a list" if isinstance(node, ListConfig) else "a single value"
+        raise UserError(f"{group}={choice} is not allowed: {where} holds {kind}, not a mapping of keys to values "
+                        f"(an option sets its group's keys, one 'key: value' line each, as trainkit's configs/{group}/*.yaml do)")
+
+
+def refuse_deleting_required(overrides: list[str], cfg: DictConfig, root_keys: tuple[str, ...] = ()) -> None:
+    """Hydra's delete override (~logger, ~trainer.epochs) of something every run reads."""
+    missing = missing_key(cfg, root_keys)
+    if missing is None:
+        return
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if key.startswith("~") and (missing == key[1:] or missing.startswith(key[1:] + ".")):
+            options = group_options(key[1:].replace(".", "/"))
+            instead = (f"choose one of its options instead ({key[1:]}={', '.join(sorted(options))})" if options
+                       else f"set its value instead ({missing}=...)")
+            raise UserError(f"{override} is not allowed: every run reads {missing}; {instead}")
 
 
 def yaml_error(error: yaml.YAMLError) -> str:
@@ -122,14 +165,15 @@ def unresolvable_key(node, path: str = "") -> str | None:
 def check_buildable(cfg: DictConfig) -> None:
     """Build the cheap parts once (norm, activation, init, the model where the dataset config
     gives its sizes, the schedule), so that a value only their constructors can judge
-    (model.hidden=[0], schedule.gamma=0) fails now, before a run folder or a data load."""
+    (model.hidden=[0], schedule.gamma=0) fails now, before a run folder or a data load.
+    Each part is built and used on its own first, so that a failure names its own group."""
     import torch
 
     from trainkit.schedules import WARMUP_KEYS, build_schedule
-    from trainkit.train import build_model
+    from trainkit.train import build_network
 
-    for group in ("norm", "activation", "init"):
-        building(group, lambda: instantiate(cfg[group]), cfg)
+    built = {group: building(group, lambda: instantiate(cfg[group]), cfg) for group in ("norm", "activation", "init")}
+    building("activation", lambda: built["activation"](), cfg)  # what the model does for each layer
     sizes = {k: cfg.dataset.get(k) for k in ("in_channels", "image_size", "num_classes")}
     if sizes["num_classes"] is None:
         sizes["num_classes"] = 2  # counted from the data later (imagefolder); only the classifier's width depends on it
@@ -138,8 +182,10 @@ def check_buildable(cfg: DictConfig) -> None:
         refuse_beyond_memory("dataset.image_size", spec.image_size, 2 * spec.in_channels * spec.image_size**2 * 4,
                              f"two {spec.image_size}x{spec.image_size}x{spec.in_channels} images as float32 (the smallest batch)")
         images = torch.zeros(2, spec.in_channels, spec.image_size, spec.image_size)
+        network = building("model", lambda: build_network(cfg, spec, dropout=0.0), cfg)
+        model = building("init", lambda: built["init"](network), cfg)
         # A forward pass too: torch modules take any argument and fail only when called.
-        building("model", lambda: build_model(cfg, spec, dropout=0.0)(images), cfg)
+        building("model", lambda: model(images), cfg)
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)  # the schedule's own checks need only an optimizer to hold
     # Without its warmup: whether a warmup of N steps fits depends on the real steps per epoch.
@@ -152,17 +198,19 @@ def check_buildable(cfg: DictConfig) -> None:
 BUILT_GROUPS = ("activation", "norm", "init", "model", "schedule")
 
 
-def building(group: str, build, cfg: DictConfig) -> None:
-    """Run `build`; what it raises becomes one UserError naming the key when torch names the
-    argument it rejects (activation.negative_slope='abc'), else the group."""
+def building(group: str, build, cfg: DictConfig):
+    """Run `build` and return what it built; what it raises becomes one UserError naming the key
+    when torch names the argument it rejects (activation.negative_slope='abc'), else the group."""
     try:
-        build()
+        return build()
     except Exception as e:
         found = user_error_in(e)
         if found is not None:
             raise found from None
         cause = e.__cause__ or e
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        # The whole reason on one line (Hydra's blocklist message spans three), without OmegaConf's key lines.
+        first = " ".join(line for line in lines if not line.startswith(("full_key:", "object_type="))) or type(cause).__name__
         argument = re.search(r"argument '(\w+)'", first)
         for owner in BUILT_GROUPS if argument else ():
             if argument.group(1) in (cfg.get(owner) or {}):
@@ -253,19 +301,25 @@ def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
     load_model_state(build_model(cfg, spec, dropout), payload["model"], checkpoint)
 
 
-def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = ConfigSources()) -> None:
-    """Compose the plain overrides; in a sweep also each value of each swept key once."""
+def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = ConfigSources(), shallow: bool = False) -> None:
+    """Compose the plain overrides; in a sweep also each value of each swept key once.
+
+    `shallow` (--cfg, --info: a config is only shown): no import of a _target_, no build, no
+    check of the output folders."""
+    checks = {"signatures": not shallow, "build": not shallow}
     if not multirun:
-        run_dir = compose_checked(overrides, sources).run_dir
-        refuse_used_run_dir(run_dir)
-        refuse_unwritable("hydra.run.dir", run_dir)
+        run_dir = compose_checked(overrides, sources, **checks).run_dir
+        if not shallow:
+            refuse_used_run_dir(run_dir)
+            refuse_unwritable("hydra.run.dir", run_dir)
         return
     parsed = parse(overrides)
     base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
     base = [b for b in base if b is not None]
-    composed = compose_checked(base, sources)
-    refuse_used_sweep_dir(composed.sweep_dir)
-    refuse_unwritable("hydra.sweep.dir", composed.sweep_dir)
+    composed = compose_checked(base, sources, **checks)
+    if not shallow:
+        refuse_used_sweep_dir(composed.sweep_dir)
+        refuse_unwritable("hydra.sweep.dir", composed.sweep_dir)
     swept = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override()]
     # Sweeps an experiment or hparams_search config defines (hydra.sweeper.params) are checked too.
     swept += [(None, o) for o in parse([f"{k}={v}" for k, v in composed.sweep_params.items()])]
@@ -274,7 +328,7 @@ def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = Con
             continue  # a continuous range: nothing to enumerate
         for value in o.sweep_string_iterator():
             trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
-            compose_checked(trial, sources)
+            compose_checked(trial, sources, **checks)
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
@@ -295,18 +349,72 @@ def refuse_used_sweep_dir(sweep_dir: Path) -> None:
                         "(by default each sweep gets a new one)")
 
 
-def refuse_unwritable(key: str, folder: Path) -> None:
+def refuse_unwritable(key: str, folder: Path, value: str | None = None) -> None:
     """The output folder can be made: nothing in its path is a file, and a folder can be made in
-    its nearest existing folder. Checked now, not when Hydra makes it (a traceback)."""
+    its nearest existing folder. Checked now, not when Hydra makes it (a traceback). `value`: what
+    the message shows as the key's value, when that is a file in `folder` (preview's out)."""
     existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise allowed(key, str(folder), f"{existing} is a file, not a folder")
+        raise allowed(key, value or str(folder), f"{existing} is a file, not a folder")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".trainkit-write-check-", dir=existing))
     except OSError as e:
-        raise allowed(key, str(folder), f"cannot make a folder in {existing} ({e.strerror})") from None
+        raise allowed(key, value or str(folder), f"cannot make a folder in {existing} ({e.strerror})") from None
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as a quoted string in Hydra's override grammar, which reads it back unchanged:
+    a backslash is special only before a quote (or at the end, before the closing quote)."""
+    escaped = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), value)
+    return f'"{escaped}"'
+
+
+def hydra_value(value: str) -> str:
+    """`value` as Hydra reads it back: as it is where the grammar takes it so, else quoted."""
+    try:
+        if OverridesParser.create().parse_override(f"k={value}").value() == value:
+            return value
+    except Exception:  # the grammar's own errors (HydraException, antlr's)
+        pass
+    return hydra_quoted(value)
+
+
+def parses(override: str) -> bool:
+    try:
+        OverridesParser.create().parse_overrides([override])
+        return True
+    except OverrideParseException:
+        return False
+
+
+def quoting_hint(e: OverrideParseException, overrides: list[str]) -> str | None:
+    """'dataset.root=my dir: Hydra cannot read ...; write it as ...' for a value that the grammar
+    reads only quoted, or that the shell split at a space (dataset.root=my dir, unquoted)."""
+    override = stray = getattr(e, "override", None) or ""
+    if "=" not in stray and stray in overrides:  # a word without '=': perhaps the rest of the value before it
+        start = end = overrides.index(stray)
+        while start > 0 and "=" not in overrides[start]:
+            start -= 1
+        while end + 1 < len(overrides) and "=" not in overrides[end + 1]:
+            end += 1
+        override = " ".join(overrides[start:end + 1])
+    key, sep, value = override.partition("=")
+    if not sep or not value.strip() or not key.strip():
+        return None
+    quoted = f"{key}={hydra_quoted(value)}"
+    if not parses(quoted):
+        return None
+    if stray != override:
+        return (f"{stray}: not an override (key=value); if it is the rest of a value with a space in it, quote the "
+                f"value: {shlex.quote(quoted)}")
+    if any(c.isspace() for c in value) or not value.isascii():
+        what = "spaces or non-ASCII characters"
+    else:
+        unread = [c for c in dict.fromkeys(value) if not parses(f"{key}=a{c}b")]
+        what = " or ".join(f"'{c}'" for c in unread) if unread else "this value"
+    return f"{override}: Hydra cannot read {what} unquoted; write it as {shlex.quote(quoted)}"
 
 
 def parse(overrides: list[str]):
@@ -368,6 +476,12 @@ def one_line(e: Exception, overrides: list[str], options_of=lambda group: [], ke
         if "_target_" in siblings:
             message += f" (+{full_key}=... adds an argument its _target_ accepts)"
         return message
+    if isinstance(e, OverrideParseException):
+        hint = quoting_hint(e, overrides)
+        if hint:
+            return hint
+        if "=" not in (e.override or "="):
+            return f"{e.override}: not an override; write key=value (trainer.epochs=5) or group=option (optimizer=sgd)"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
     key = re.search(r"full_key: (\S+)", text)
     return f"{key.group(1)}: {first}" if key and key.group(1) not in first else first

@@ -6,15 +6,28 @@ import sys
 from pathlib import Path
 
 import hydra
-import numpy as np
-import torch
 from omegaconf import DictConfig, open_dict
 
-from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
+from trainkit.errors import USER_ERROR_EXIT_CODE, UserError, allowed
+
+# The top-level keys preview.yaml adds to train.yaml's.
+OWN_ROOT_KEYS = ("out", "n")
+
+
+def check_preview(cfg: DictConfig) -> None:
+    """preview's own keys: a number of images, and a PNG path whose folder can be made."""
+    from trainkit.preflight import refuse_unwritable
+
+    if not isinstance(cfg.n, int) or isinstance(cfg.n, bool) or cfg.n < 1:
+        raise allowed("n", cfg.n, "a whole number >= 1")
+    out = Path(str(cfg.out))
+    refuse_unwritable("out", out.parent, value=str(cfg.out))
 
 
 def write_preview(cfg: DictConfig) -> Path:
     """Build the data as `trainkit train` would (on the CPU) and save n augmented images."""
+    import numpy as np
+    import torch
     from PIL import Image
 
     from trainkit.config_check import check_config
@@ -22,17 +35,16 @@ def write_preview(cfg: DictConfig) -> Path:
     from trainkit.image_grid import make_grid_with_labels
     from trainkit.progress import console
 
-    check_config(cfg, own_root_keys=("out", "n"))  # the same checks as `trainkit train`: a misspelt key fails here too
-    if not isinstance(cfg.n, int) or cfg.n < 1:
-        raise UserError(f"n={cfg.n!r} is not allowed: a whole number >= 1")
+    check_config(cfg, own_root_keys=OWN_ROOT_KEYS)  # the same checks as `trainkit train`: a misspelt key fails here too
+    check_preview(cfg)
     with open_dict(cfg):
         cfg.dataset.preprocess = "none"  # the grid shows pixels before preprocessing; no ZCA fit needed
     data = build_data(cfg, torch.device("cpu"))
     images, labels = data.sample_train_batch(int(cfg.n))
     grid = make_grid_with_labels(images, labels, data.spec.class_names)
     out = Path(str(cfg.out))
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(grid.numpy().transpose(1, 2, 0))).save(out)
     except (OSError, ValueError) as e:
         raise UserError(f"out={str(cfg.out)!r}: cannot write the PNG there ({e})") from None
@@ -45,10 +57,8 @@ def write_preview(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> None:
     try:
         write_preview(cfg)
-    except UserError as e:
-        from trainkit.progress import console
-
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+    except UserError as e:  # as `trainkit train` reports one: a line on stderr, exit code 2
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT_CODE)
 
 

@@ -24,8 +24,13 @@ class RunConsole(Console):
         os.dup2(devnull, (sys.stderr if self.stderr else sys.stdout).fileno())
 
 
+def on_terminal() -> bool:
+    """stdout is a terminal (not a file or pipe, and not closed: `trainkit train >&-` leaves it None)."""
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
 # soft_wrap keeps long log lines whole in files and pipes, where rich would assume 80 columns.
-console = RunConsole(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
+console = RunConsole(highlight=False, soft_wrap=True, width=None if on_terminal() or os.environ.get("COLUMNS") else 120)
 error_console = RunConsole(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("trainkit")
 
@@ -42,7 +47,7 @@ def report(message: str, error: bool = False) -> None:
 class ProgressDisplay(Callback):
     def __init__(self, enabled: str | bool, refresh_every: int = 10):
         if enabled == "auto":
-            enabled = sys.stdout.isatty()
+            enabled = on_terminal()
         self.enabled = bool(enabled)
         self.refresh_every = max(1, int(refresh_every))
         self.progress: Progress | None = None

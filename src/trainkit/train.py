@@ -11,33 +11,24 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from rich.markup import escape
-from torch import nn
 
-from trainkit.checkpoint_callbacks import BestCheckpoint, LastCheckpoint
-from trainkit.checkpoints import load_checkpoint, load_model_state
-from trainkit.config_check import check_config, config_hash
-from trainkit.data import build_data
-from trainkit.devices import resolve_device, resolve_precision
 from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
-from trainkit.interrupts import StopRequest
-from trainkit.loop import Trainer, steps_per_epoch
 from trainkit.metrics import resolve_mode
-from trainkit.optimizers import build_optimizer, needs_closure
-from trainkit.preflight import refuse_used_run_dir
-from trainkit.progress import ProgressDisplay, report, report_results
-from trainkit.regularization import Regularizers
-from trainkit.run_lock import RunLock
 from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRecord
-from trainkit.schedules import build_schedule
-from trainkit.seeding import seed_everything
-from trainkit.tensorboard_log import TensorBoardLogger, flat_hparams
+
+# torch, the data and the loop are imported where a run builds them: `trainkit train --cfg job`,
+# --help and the check of a bad override, which Hydra answers from this module too, need none of them.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from trainkit.loop import Trainer
 
 log = logging.getLogger("trainkit")
 
@@ -46,10 +37,14 @@ DIVERGED_EXIT_CODE = 3
 
 
 def build_model(cfg: DictConfig, spec, dropout: float) -> nn.Module:
+    return instantiate(cfg.init)(build_network(cfg, spec, dropout))
+
+
+def build_network(cfg: DictConfig, spec, dropout: float) -> nn.Module:
+    """The model's layers, before the init scheme sets their weights."""
     factory = instantiate(cfg.model)
-    model = factory(in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes,
-                    norm=instantiate(cfg.norm), activation=instantiate(cfg.activation), dropout=dropout)
-    return instantiate(cfg.init)(model)
+    return factory(in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes,
+                   norm=instantiate(cfg.norm), activation=instantiate(cfg.activation), dropout=dropout)
 
 
 def monitor_mode(cfg: DictConfig) -> str:
@@ -58,6 +53,10 @@ def monitor_mode(cfg: DictConfig) -> str:
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> dict:
     """The named callbacks, in the order they run at each hook."""
+    from trainkit.checkpoint_callbacks import BestCheckpoint, LastCheckpoint
+    from trainkit.progress import ProgressDisplay
+    from trainkit.tensorboard_log import TensorBoardLogger, flat_hparams
+
     callbacks = {}
     stopping = (cfg.regularization or {}).get("early_stopping")
     if stopping is not None:
@@ -86,6 +85,11 @@ def chosen_groups() -> dict[str, str]:
 
 def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
     """One training run in `run_dir` (its clock started at `started`); returns the best monitored value."""
+    from trainkit.checkpoints import load_checkpoint
+    from trainkit.config_check import check_config
+    from trainkit.preflight import refuse_used_run_dir
+    from trainkit.run_lock import RunLock
+
     check_config(cfg)
     resume_payload = load_checkpoint(cfg.resume) if cfg.resume else None
     if not continues_run_in(cfg, run_dir):
@@ -108,6 +112,20 @@ def continues_run_in(cfg: DictConfig, run_dir: Path) -> bool:
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
                   started: float | None = None) -> tuple[Trainer, RunRecord]:
     """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
+    from torch import nn
+
+    from trainkit.checkpoints import load_model_state
+    from trainkit.config_check import config_hash
+    from trainkit.data import build_data
+    from trainkit.devices import resolve_device, resolve_precision
+    from trainkit.interrupts import StopRequest
+    from trainkit.loop import Trainer, steps_per_epoch
+    from trainkit.optimizers import build_optimizer, needs_closure
+    from trainkit.progress import report
+    from trainkit.regularization import Regularizers
+    from trainkit.schedules import build_schedule
+    from trainkit.seeding import seed_everything
+
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     seed_everything(int(cfg.trainer.seed))
@@ -153,6 +171,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
     """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
+    from rich.markup import escape
+
+    from trainkit.progress import report, report_results
+
     callbacks = trainer.callbacks
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
@@ -188,6 +210,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
 
 def test_best_checkpoint(trainer: Trainer, path: Path, model: nn.Module) -> dict:
     """Evaluate the test set once, with the weights of the best validation epoch."""
+    from trainkit.checkpoints import load_checkpoint, load_model_state
+
     if path.is_file():
         load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], path)
     return trainer.evaluate(trainer.data.test, "test", trainer.limit_test_batches)
@@ -250,6 +274,8 @@ def main(cfg: DictConfig) -> float:
             stop_sweep(run_dir)
         raise SystemExit(e.code) from None
     except KeyboardInterrupt:  # before the loop's own handler was installed, or after it
+        from trainkit.progress import report
+
         if not continues_run_in(cfg, run_dir):
             remove_if_empty_run(run_dir)
         report("interrupted before training started", error=True)
@@ -277,6 +303,7 @@ def crashed(run_dir: Path, error: Exception, in_sweep: bool) -> float:
 
 
 def stop_sweep(run_dir: Path) -> None:
+    from trainkit.progress import report
     from trainkit.sweep_summary import write_summary
 
     report("the sweep stops here: the jobs after this one are not started", error=True)
@@ -284,6 +311,10 @@ def stop_sweep(run_dir: Path) -> None:
 
 
 def mark_failed(run_dir: Path, message: str) -> None:
+    from rich.markup import escape
+
+    from trainkit.progress import report
+
     previous = RunRecord.read(run_dir) or {}
     run_dir.mkdir(parents=True, exist_ok=True)
     record = RunRecord(run_dir, previous.get("monitor", ""), previous.get("mode", ""), previous.get("config_hash", ""),
