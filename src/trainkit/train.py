@@ -171,7 +171,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
             report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
-            report(f"early stopping: {escape(stopped_early)}")
+            report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
     record.update(**summary, status=COMPLETED, test=test_metrics)
     if "tensorboard" in callbacks:
