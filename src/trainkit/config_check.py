@@ -114,6 +114,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "on_nan": one_of("stop", "skip"),
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
         "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
+        "overfit_batches": optional(whole(1)), "fast_dev_run": one_of(True, False),
     },
     "dataset": {
         "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
