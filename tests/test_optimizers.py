@@ -351,7 +351,8 @@ def test_l2_in_the_loss_turns_the_optimizers_decay_off(compose_train):
     model = small_model()
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     assert set(decay_of(optimizer, model).values()) == {0.0}
-    assert "regularization.l2 is in the loss" in optimizer.weight_decay_summary
+    assert optimizer.weight_decay_summary == ("weight decay: in the loss (regularization.l2.coupling=loss, 0.0005 * ||w||^2 / 2 "
+                                              "on 3 weight tensors); the optimizer's own decay is off")
 
 
 def test_weight_norm_gains_are_exempt_like_norm_weights(compose_train):

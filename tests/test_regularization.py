@@ -285,6 +285,34 @@ def test_grad_clip_by_value_clamps_each_element():
     assert float(grads.min()) == -0.5
 
 
+@pytest.mark.parametrize("norm_type", [math.inf, "inf"], ids=["command line (float)", "yaml (string)"])
+def test_grad_clip_by_the_max_norm(norm_type):
+    """norm_type inf, as configs/regularization/grad_clip.yaml documents it: ||g||_inf is the largest |element|."""
+    from trainkit.config_check import check_config
+
+    cfg = compose_train("regularization=[grad_clip]", "regularization.grad_clip.max_norm=0.5")
+    cfg.regularization.grad_clip.norm_type = norm_type  # Hydra parses inf as a float; YAML's inf is a string
+    check_config(cfg)
+    model = _model_with_gradients()
+    before = torch.cat([p.grad.flatten() for p in model.parameters()])
+    r = Regularizers(cfg.regularization)
+    r.clip_gradients(model)
+    after = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert float(r.last_grad_norm) == float(before.abs().max()) == 5.0
+    assert float(after.abs().max()) == pytest.approx(0.5, rel=1e-5)
+    torch.testing.assert_close(after, before * 0.5 / 5.0, rtol=1e-5, atol=1e-7)  # one scale for all: direction kept
+
+
+@pytest.mark.parametrize("norm_type", [0, -1.0, "infinity", math.nan])
+def test_grad_clip_norm_type_must_be_positive_or_inf(norm_type):
+    from trainkit.config_check import check_config
+
+    cfg = compose_train("regularization=[grad_clip]")
+    cfg.regularization.grad_clip.norm_type = norm_type
+    with pytest.raises(UserError, match=r"regularization\.grad_clip\.norm_type=.* is not allowed: a number > 0, or inf"):
+        check_config(cfg)
+
+
 @pytest.mark.parametrize("nodes, key", [
     ({"l1": {"weigth": 0.1}}, "regularization.l1"),
     ({"mixup": {"alpha": 0.0}}, "regularization.mixup.alpha"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,40 @@ def test_optuna_search_maximises_the_returned_metric(tmp_path):
     best = max(float(r["best val/acc"]) for r in rows)
     # Optuna was told the value each run returned, and reports the largest one as the best.
     assert f"Best value: {best}" in result.stdout + result.stderr
+
+
+def documented_command(path, marker: str) -> list[str]:
+    """The arguments of the `trainkit train ...` line in a YAML file's comments that contains `marker`."""
+    import shlex
+
+    lines = [line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#") and marker in line]
+    assert len(lines) == 1, lines
+    words = shlex.split(lines[0])
+    assert words[:2] == ["trainkit", "train"], words
+    return words[1:]
+
+
+def test_optuna_documented_search_space_with_a_sqlite_study(tmp_path):
+    """The search-space override as configs/hparams_search/optuna.yaml documents it, verbatim, with the
+    study kept in SQLite (optuna 2.10 needs sqlalchemy<2 for that), and no alembic chatter."""
+    optuna = pytest.importorskip("optuna", reason="hydra-optuna-sweeper not installed")
+    from trainkit import configs
+
+    command = documented_command(Path(configs.__file__).parent / "hparams_search" / "optuna.yaml", "interval(1e-5")
+    result = run_trainkit(*command, "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.n_trials=2",
+                          "trainer.epochs=1", "logger.tensorboard.image_grid=0", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "setup plugin" not in output and "alembic" not in output
+    study = optuna.load_study(study_name="trainkit", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 2
+    lr = trials[0].distributions["optimizer.lr"]  # the command line's space replaced the YAML's 1e-4..1e-1
+    assert (type(lr).__name__, lr.low, lr.high) == ("LogUniformDistribution", 1e-5, 1e-1)
+    assert "trainer.batch_size" in trials[0].distributions  # the rest of the YAML's space stays
+    sweep = next((tmp_path / "outputs" / "sweeps").iterdir())
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert sorted(float(r["best val/acc"]) for r in rows) == sorted(t.value for t in trials)
 
 
 def test_hparams_tab_compares_the_runs_of_a_sweep(tmp_path):

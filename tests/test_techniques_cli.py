@@ -13,11 +13,17 @@ from trainkit import metrics as M
 
 
 def train(tmp_path, *overrides: str) -> tuple[dict, dict]:
+    record, scalars, _ = train_and_print(tmp_path, *overrides)
+    return record, scalars
+
+
+def train_and_print(tmp_path, *overrides: str) -> tuple[dict, dict, list[str]]:
+    """The run's metrics.json, its TensorBoard scalars and the lines it printed."""
     result = run_trainkit("train", "model=mlp", "logger.tensorboard.image_grid=0", "trainer.log_every_n_steps=1",
                           *overrides, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    return record, read_scalars(tmp_path / "run" / "tensorboard")
+    return record, read_scalars(tmp_path / "run" / "tensorboard"), result.stdout.splitlines()
 
 
 def per_epoch(scalars: dict, tag: str) -> list[float]:
@@ -51,13 +57,25 @@ def expected_stop(values: list[float], patience: int, mode: str) -> int:
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(tmp_path):
-    record, scalars = train(tmp_path, "regularization=[early_stopping]", "regularization.early_stopping.patience=2",
+    record, scalars, printed = train_and_print(tmp_path, "regularization=[early_stopping]", "regularization.early_stopping.patience=2",
                             "schedule=constant", "trainer.epochs=40")
     val_acc = per_epoch(scalars, M.VAL_ACC)
     stop = expected_stop(val_acc, patience=2, mode="max")
     assert stop < 40, val_acc  # it did stop early
     assert record["epochs_run"] == stop == len(val_acc)
     assert record["message"].startswith(f"early stopping after epoch {stop}")
+    assert [line for line in printed if "early stopping" in line] == [record["message"]]  # said once, one prefix
+
+
+def test_l2_in_the_loss_and_clipping_by_the_max_norm_train_and_say_so(tmp_path):
+    record, scalars, printed = train_and_print(
+        tmp_path, "regularization=[l2,grad_clip]", "regularization.l2.coupling=loss", "regularization.grad_clip.norm_type=inf",
+        "trainer.epochs=1", "trainer.limit_train_batches=3")
+    assert record["status"] == "completed"
+    assert ("weight decay: in the loss (regularization.l2.coupling=loss, 0.0005 * ||w||^2 / 2 on 3 weight tensors); "
+            "the optimizer's own decay is off") in printed  # the mlp's 3 linear layers
+    norms = per_epoch(scalars, M.GRAD_NORM)  # ||g||_inf before clipping, one per step
+    assert len(norms) == 3 and all(0 < n < float("inf") for n in norms)
 
 
 def test_plateau_cuts_the_lr_when_the_monitored_loss_stalls(tmp_path):

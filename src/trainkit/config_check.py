@@ -27,6 +27,14 @@ def positive(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
 
 
+def norm_order(v) -> bool:
+    """A p-norm's p: a number > 0, or inf (a float from the command line, the string 'inf' in YAML)."""
+    return v == "inf" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and not math.isnan(v))
+
+
+norm_order.what = "a number > 0, or inf (the largest element)"
+
+
 def whole_at_least(n):
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= n
 
@@ -131,6 +139,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "on_nan": one_of("stop", "skip"),
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
         "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
+        "overfit_batches": optional(whole(1)), "fast_dev_run": one_of(True, False),
     },
     "dataset": {
         "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
@@ -235,7 +244,7 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
     "cutmix": {"alpha": positive, "switch_prob": probability},
     "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "patience": whole(1),
                        "min_delta": non_negative},
-    "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive, "norm_type": positive},
+    "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive, "norm_type": norm_order},
 }
 
 

@@ -13,6 +13,7 @@ from trainkit.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_
 from trainkit.errors import UserError, allowed
 from trainkit.loaders import WorkerLoader, class_weights, default_workers
 from trainkit.memory import available_memory, format_bytes
+from trainkit.overfit import fixed_subset
 from trainkit.preprocess import Preprocess
 
 LOADER_CHOICES = ("auto", "device", "workers")
@@ -125,6 +126,8 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
 def build_data(cfg, device: torch.device) -> Data:
     seed = int(cfg.trainer.seed)  # the data order and the augmentation draws
     splits = build_splits(cfg.dataset, int(cfg.dataset.get("split_seed", 0)))  # which images are held out
+    if cfg.trainer.get("overfit_batches"):  # debug=overfit: the same few images every epoch
+        splits = fixed_subset(splits, int(cfg.trainer.overfit_batches), int(cfg.trainer.batch_size), seed)
     spec = splits.spec
     train_pipeline = build_pipeline(cfg.augmentation.train, "augmentation.train")
     eval_pipeline = build_pipeline(cfg.augmentation.eval, "augmentation.eval")

@@ -18,6 +18,11 @@ def steps_per_epoch(train_loader, limit_train_batches: int | None) -> int:
     return min(len(train_loader), limit_train_batches or len(train_loader))
 
 
+def epochs_to_run(epochs: int, fast_dev_run: bool) -> int:
+    """trainer.fast_dev_run (debug=fast), like Lightning's: one epoch, whatever trainer.epochs says."""
+    return 1 if fast_dev_run else epochs
+
+
 class Diverged(Exception):
     """The loss became NaN or Inf."""
 
@@ -26,12 +31,13 @@ class Trainer:
     def __init__(self, *, model, optimizer, schedule, criterion, regularizers, data, device, amp_dtype,
                  callbacks: dict, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
                  limit_train_batches: int | None = None, limit_val_batches: int | None = None,
-                 limit_test_batches: int | None = None, stop_request=None, config: dict | None = None):
+                 limit_test_batches: int | None = None, stop_request=None, config: dict | None = None,
+                 fast_dev_run: bool = False):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.criterion, self.regularizers, self.data = criterion, regularizers, data
         self.device, self.amp_dtype = device, amp_dtype
         self.callbacks = callbacks
-        self.epochs, self.monitor, self.on_nan = epochs, monitor, on_nan
+        self.epochs, self.monitor, self.on_nan = epochs_to_run(epochs, fast_dev_run), monitor, on_nan
         self.check_every = max(1, int(log_every_n_steps))
         self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches
         self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)

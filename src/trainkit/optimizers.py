@@ -22,6 +22,7 @@ from torch.nn.utils.parametrize import ParametrizationList
 
 from trainkit.errors import UserError
 from trainkit.lookahead import Lookahead
+from trainkit.regularization import decayed_parameters
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # PReLU slopes are not decayed either (He et al. 2015 train them without weight decay).
@@ -37,8 +38,13 @@ class WeightDecay:
     rate: float
     exclude_bias_and_norm: bool
     source: str  # the config key the rate comes from
+    in_loss: float = 0.0  # regularization.l2.coupling=loss: the lambda of the loss's lambda/2 * sum(w^2)
 
-    def describe(self, optimizer_class: type, groups: list[dict]) -> str:
+    def describe(self, optimizer_class: type, groups: list[dict], penalised: int = 0) -> str:
+        """The line the run prints; `penalised`: how many weight tensors the loss's L2 term covers."""
+        if self.in_loss:
+            return (f"weight decay: in the loss (regularization.l2.coupling=loss, {self.in_loss:g} * ||w||^2 / 2 "
+                    f"on {penalised} weight tensors); the optimizer's own decay is off")
         if not self.rate:
             return f"weight decay: none ({self.source}=0)"
         form = "decoupled, w <- w - lr * wd * w" if optimizer_class is torch.optim.AdamW else "coupled L2, wd * w added to the gradient"
@@ -86,7 +92,7 @@ def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> torch.op
         optimizer = factory(groups)
     except (ValueError, TypeError) as e:  # torch's own argument checks, e.g. nesterov without momentum
         raise UserError(f"optimizer ({settings.get('_target_')}): {e}") from None
-    optimizer.weight_decay_summary = decay.describe(optimizer_class, groups)
+    optimizer.weight_decay_summary = decay.describe(optimizer_class, groups, sum(1 for _ in decayed_parameters(model)))
     return optimizer
 
 
@@ -111,7 +117,7 @@ def weight_decay(factory, regularization, exclude: bool) -> WeightDecay:
                             "which has no weight decay: use regularization.l2.coupling=loss")
         return WeightDecay(float(l2.weight_decay), exclude, "regularization.l2.weight_decay")
     if l2 is not None:
-        return WeightDecay(0.0, exclude, "optimizer weight decay off: regularization.l2 is in the loss")
+        return WeightDecay(0.0, exclude, "regularization.l2.weight_decay", in_loss=float(l2.weight_decay))
     return WeightDecay(own_weight_decay(factory), exclude, "optimizer.weight_decay")
 
 

@@ -235,7 +235,7 @@ SAME_ON_RESUME = ("model", "norm", "activation", "init", "optimizer", "schedule"
                   "dataset.name", "dataset.root", "dataset.val_fraction", "dataset.test_fraction", "dataset.preprocess",
                   "dataset.class_weights", "dataset.balanced_sampler", "dataset.split_seed", "dataset.resize",
                   "trainer.batch_size", "trainer.seed",
-                  "trainer.limit_train_batches", "trainer.monitor", "trainer.mode")
+                  "trainer.limit_train_batches", "trainer.overfit_batches", "trainer.monitor", "trainer.mode")
 # Schedules planned for the run's whole length: extending trainer.epochs would replan them mid-run.
 LENGTH_PLANNED_SCHEDULES = ("trainkit.schedules.cosine", "trainkit.schedules.linear", "trainkit.schedules.onecycle")
 

@@ -142,7 +142,9 @@ class Regularizers:
             return None
         by = node.get("by", "norm")
         if by == "norm":
-            return by, _number(node.max_norm, "regularization.grad_clip.max_norm", 0.0, positive=True), float(node.get("norm_type", 2.0))
+            # norm_type inf (the largest |g|) comes as a float from the command line and as 'inf' from YAML.
+            norm_type = _number(node.get("norm_type", 2.0), "regularization.grad_clip.norm_type", 0.0, positive=True)
+            return by, _number(node.max_norm, "regularization.grad_clip.max_norm", 0.0, positive=True), norm_type
         if by == "value":
             return by, _number(node.value, "regularization.grad_clip.value", 0.0, positive=True), None
         raise allowed("regularization.grad_clip.by", by, "norm or value")

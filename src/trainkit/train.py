@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
 from trainkit.metrics import resolve_mode
+from trainkit.overfit import memorisation_verdict
 from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRecord
 
 # torch, the data and the loop are imported where a run builds them: `trainkit train --cfg job`,
@@ -152,7 +153,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
         monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")),
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
@@ -165,6 +166,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
            f"{len(data.splits.test)} test; device={device}, {precision}")
     report(optimizer.weight_decay_summary)
+    if cfg.trainer.get("overfit_batches"):
+        report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
+               f"same {len(data.splits.train)} training images every epoch")
+    if trainer.epochs < cfg.trainer.epochs:
+        report(f"fast dev run (trainer.fast_dev_run=true): {trainer.epochs} epoch, not the {cfg.trainer.epochs} of trainer.epochs")
     record.update(status="running", loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
     return trainer, record
 
@@ -193,7 +199,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
             report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
-            report(f"early stopping: {escape(stopped_early)}")
+            report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
     record.update(**summary, status=COMPLETED, test=test_metrics)
     if "tensorboard" in callbacks:
@@ -204,6 +210,10 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
     report_results(f"results: {run_dir}", rows)
+    if cfg.trainer.get("overfit_batches"):
+        verdict = memorisation_verdict(trainer.last_metrics, images=len(trainer.data.splits.train), epochs=trainer.epoch)
+        record.update(overfit_check=verdict.as_record())
+        report(str(verdict) if verdict.passed else f"[red]{escape(str(verdict))}[/]")
     refresh_sweep_summary(run_dir)
     return float(best.best) if best.best is not None else float("nan")
 
