@@ -56,6 +56,8 @@ def check_folder_settings(folder: FolderSettings, user_overrides: list[str], ove
     for key, target in targets_in(composed):
         if target not in trusted and not of_known_kind(target):
             raise UserError(untrusted_target(folder, key, target))
+    # Hydra's node from the trusted sources alone: the user's root config and folders, and the
+    # hydra.* overrides, all of them the user's or this resume's own (refuse_hydra_overrides).
     own = compose_raw([o for o in overrides if is_hydra_key(o)], user_sources)
     changed = own is not None and first_difference(hydra_settings(composed), hydra_settings(own))
     if changed:
