@@ -5,6 +5,7 @@ Each case runs the real `trainkit` command; exit code 2 for user errors, nothing
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import run_trainkit
 from trainkit.checkpoints import FORMAT
@@ -185,6 +187,64 @@ CASES = [
     (["paths.output_root=a#b"], "paths.output_root=a#b: Hydra cannot read '#' unquoted; write it as 'paths.output_root=\"a#b\"'"),
     (["--cfg", "job", "optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
     (["--cfg", "job", "optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
+    # issue 9: resume and run folders
+    # best.pt is older than the run: it continues into a new folder, never into the run's own.
+    (["resume=mlp_run/checkpoints/best.pt", "hydra.run.dir=mlp_run"],
+     "hydra.run.dir='mlp_run' already holds a run; choose another folder, or continue that run with resume=mlp_run"),
+    (["resume=rolled_back"],
+     "resume=rolled_back/checkpoints/last.pt is not allowed: it holds epoch 1 but the run reached epoch 5 (metrics.json), "
+     "so continuing it in place would move the run back; put the run's own last.pt back, or copy this file out of the "
+     "run folder to start a new run from it"),
+    # A run folder is data: what its files name is never called (the fixture's targets would write ./pwned).
+    (["resume=pwned_run"],
+     "resume=pwned_run: activation._target_=builtins.open comes from its .hydra/overrides.yaml, and a run folder is data, "
+     "not code: a target from it must be trainkit's own, or a trainkit, torch, torchvision or albumentations class of a "
+     "kind trainkit builds (module, optimizer, LR scheduler, augmentation); if you trust it, type that override yourself: "
+     "trainkit train resume=pwned_run activation._target_=builtins.open"),
+    (["resume=embedded_run"],
+     "resume=embedded_run: augmentation.train.0._target_=builtins.open comes from its .hydra/overrides.yaml, and a run "
+     "folder is data, not code: a target from it must be trainkit's own, or a trainkit, torch, torchvision or "
+     "albumentations class of a kind trainkit builds (module, optimizer, LR scheduler, augmentation); if you trust it, "
+     "type that override yourself: trainkit train resume=embedded_run "
+     "'augmentation.train=[{_target_: builtins.open, file: pwned, mode: w}]'"),
+    (["resume=hub_run"],
+     "resume=hub_run: activation._target_=torch.hub.load comes from its .hydra/overrides.yaml, and a run folder is data, "
+     "not code: a target from it must be trainkit's own, or a trainkit, torch, torchvision or albumentations class of a "
+     "kind trainkit builds (module, optimizer, LR scheduler, augmentation); if you trust it, type that override yourself: "
+     "trainkit train resume=hub_run activation._target_=torch.hub.load"),
+    (["resume=hydra_run"],
+     "resume=hydra_run: its .hydra/overrides.yaml sets +hydra.callbacks.pwn._target_=builtins.open, a setting of Hydra "
+     "itself, which a run folder may not (it is data, not code); if you trust it, type it yourself: trainkit train "
+     "resume=hydra_run +hydra.callbacks.pwn._target_=builtins.open"),
+    (["resume=config_dir_run"],
+     "resume=config_dir_run: activation._target_=builtins.open comes from the config folder WORKDIR/evil_configs that its "
+     ".hydra/hydra.yaml records, and a run folder is data, not code: a target from it must be trainkit's own, or a "
+     "trainkit, torch, torchvision or albumentations class of a kind trainkit builds (module, optimizer, LR scheduler, "
+     "augmentation); if you trust that folder, pass it yourself: --config-dir=WORKDIR/evil_configs"),
+    (["resume=config_name_run"],
+     "resume=config_name_run: the config folder WORKDIR/evil_configs that its .hydra/hydra.yaml records changes Hydra's "
+     "own setting hydra.job.env_set.PWNED, which a run folder may not (it is data, not code); if you trust that folder, "
+     "pass it yourself: --config-dir=WORKDIR/evil_configs"),
+    # Nonsense that used to start a run somewhere unexpected.
+    (["resume="], "resume= is not allowed: it is empty (an unset shell variable?); give a run folder, a checkpoint file "
+                  "or auto, or leave resume= out to start a new run"),
+    (["hydra.run.dir="], "hydra.run.dir='' is not allowed: an empty folder puts the run's files into the folder trainkit "
+                         "was started in; name a folder, or leave hydra.run.dir out for a new one under outputs"),
+    (["-m", "optimizer=sgd,adam", "hydra.sweep.dir="],
+     "hydra.sweep.dir='' is not allowed: an empty folder puts the run's files into the folder trainkit was started in; "
+     "name a folder, or leave hydra.sweep.dir out for a new one under outputs"),
+    (["task_name=../../escaped"], "task_name='../../escaped' is not allowed: it is part of the run folder's name "
+                                  "(<time>_<task_name>), so it cannot hold '/' (it would put the run elsewhere); use a "
+                                  "plain name such as my_run"),
+    ([f"task_name={'a' * 300}"], f"task_name='{'a' * 24}…' (300 characters) is not allowed: the run folder's name it "
+                                 "makes is 327 bytes and the file system allows 255; use a shorter task_name"),
+    # A checkpoint with nothing left to train, or with NaN weights, starts no "completed" run.
+    (["resume=loose.pt", "model=mlp", "trainer.epochs=1"],
+     "resume=loose.pt is not allowed: it has trained all 1 epochs (trainer.epochs=1), so a new run from it would have "
+     "nothing to train; its schedule (cosine) is planned for that length, so it cannot be extended: start a new run"),
+    (["resume=nan.pt", "trainer.epochs=2"],
+     "checkpoint nan.pt: its weights hold NaN or Inf (1 tensors, e.g. features.1.weight), so no run can continue from "
+     "them; resume from an earlier checkpoint (best.pt is never saved from a diverged epoch) or start a new run"),
 ]
 
 
@@ -209,7 +269,38 @@ def workdir(tmp_path_factory):
     (cwd / "trunc.pt").write_bytes(data[: len(data) // 2])
     torch.save({"format": FORMAT, "model": Exploit(), "epoch": 0, "global_step": 0, "config": {}}, cwd / "evil.pt")
     torch.save({"state_dict": {}}, cwd / "foreign.pt")
+    issue_9_fixtures(cwd)
     return cwd
+
+
+def issue_9_fixtures(cwd: Path) -> None:
+    """Run folders edited as an attacker (or an accident) would: each target, if called, writes ./pwned."""
+    def run_copy(name: str, *extra_overrides: str) -> Path:
+        shutil.copytree(cwd / "mlp_run", cwd / name)
+        overrides = cwd / name / ".hydra" / "overrides.yaml"
+        overrides.write_text(overrides.read_text() + "".join(f"- '{o}'\n" for o in extra_overrides))
+        return cwd / name
+
+    run_copy("pwned_run", "activation._target_=builtins.open", "+activation._args_=[pwned,w]")
+    run_copy("embedded_run", "augmentation.train=[{_target_: builtins.open, file: pwned, mode: w}]")
+    run_copy("hub_run", "activation._target_=torch.hub.load")
+    run_copy("hydra_run", "+hydra.callbacks.pwn._target_=builtins.open", "+hydra.callbacks.pwn._args_=[pwned,w]")
+    evil = cwd / "evil_configs"
+    (evil / "activation").mkdir(parents=True)
+    (evil / "activation" / "evil.yaml").write_text("_target_: builtins.open\n_args_: [pwned, w]\n")
+    (evil / "evil_train.yaml").write_text("defaults:\n  - train\n  - _self_\nhydra:\n  job:\n    env_set:\n      PWNED: '1'\n")
+    for name, extra, config_name in (("config_dir_run", ["activation=evil"], "train"), ("config_name_run", [], "evil_train")):
+        folder = run_copy(name, *extra)
+        record = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())
+        record["hydra"]["runtime"]["config_sources"].insert(2, {"path": str(evil), "schema": "file", "provider": "command-line"})
+        record["hydra"]["job"]["config_name"] = config_name
+        (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(record))
+    rolled_back = run_copy("rolled_back")  # its last.pt replaced by an older one: metrics.json says it got further
+    record = json.loads((rolled_back / "metrics.json").read_text())
+    (rolled_back / "metrics.json").write_text(json.dumps({**record, "status": "interrupted", "epochs_run": 5}))
+    payload = torch.load(cwd / "loose.pt", weights_only=True)
+    payload["model"]["features.1.weight"][0, 0] = float("nan")
+    torch.save(payload, cwd / "nan.pt")
 
 
 def snapshot(folder: Path) -> dict:

@@ -349,3 +349,68 @@ def test_a_damaged_rng_state_is_named(tmp_path, real_payload, keys, value):
     path = saved_with(tmp_path, real_payload, keys, value)
     assert refusal(path).startswith(f"checkpoint {path}: incomplete or damaged: rng.{keys[1]} is not a random "
                                     "generator state (")
+
+
+# -- issue 9: a disk that fills up during a checkpoint write ---------------------------------------
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """A finished one-epoch run whose schedule can be extended: a resume writes its next checkpoints."""
+    root = tmp_path_factory.mktemp("one_epoch")
+    result = run_trainkit("train", "model=mlp", "schedule=constant", "trainer.epochs=1", "logger.tensorboard.enabled=false",
+                          "hydra.run.dir=run", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+def small_tmpfs(folder: Path, size_kb: int) -> None:
+    """A real file system that fills up; needs the right to mount (root), else the test is skipped."""
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mount.stderr.strip() or 'mount failed'}); the file-size-limit case covers it")
+
+
+def file_size_limit(limit: int):
+    """RLIMIT_FSIZE in the child: a write past `limit` bytes fails with EFBIG (CPython ignores SIGXFSZ)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("how", ["full_tmpfs", "file_size_limit"])
+def test_a_disk_full_during_a_checkpoint_write_is_one_named_error_and_the_previous_checkpoint_stays(one_epoch_run, tmp_path, how):
+    import json
+    import re
+    import shutil
+
+    from conftest import trainkit_command
+
+    checkpoint_size = (one_epoch_run / "checkpoints" / "last.pt").stat().st_size
+    preexec = None
+    if how == "full_tmpfs":
+        used_kb = sum(p.stat().st_size // 1024 + 4 for p in one_epoch_run.rglob("*")) + 64
+        small_tmpfs(tmp_path / "disk", used_kb + checkpoint_size // 2048)  # room for half a checkpoint more
+        run_dir = tmp_path / "disk" / "run"
+    else:
+        run_dir = tmp_path / "run"
+        preexec = file_size_limit(checkpoint_size // 2)  # above every other file the run writes, below a checkpoint
+    try:
+        shutil.copytree(one_epoch_run, run_dir)
+        before = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+        env = {**os.environ, "COLUMNS": "200"}
+        result = subprocess.run([*trainkit_command(), "train", f"resume={run_dir}", "trainer.epochs=3"], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300, preexec_fn=preexec)
+        assert result.returncode == 74, result.stdout + result.stderr
+        reason = r"No space left on device \(ENOSPC\)" if how == "full_tmpfs" else r"File too large \(EFBIG\)"
+        assert re.fullmatch(rf"error: could not write {re.escape(str(run_dir))}/checkpoints/(best|last)\.pt: {reason}; "
+                            rf"the previous \1\.pt is intact; free some space, then continue with: trainkit train "
+                            rf"resume={re.escape(str(run_dir))}\n", result.stderr), result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before  # no temporary left either
+        assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+        record = json.loads((run_dir / "metrics.json").read_text())
+        assert record["status"] == "failed" and record["message"].startswith("storage: could not write ")
+    finally:
+        if how == "full_tmpfs":
+            subprocess.run(["umount", str(tmp_path / "disk")], check=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_scalars, run_trainkit, trainkit_command
+from conftest import only_run_dir, read_scalars, run_trainkit, trainkit_command
 
 ARGS = ("train", "trainer.epochs=4", "trainer.batch_size=32")
 
@@ -79,13 +80,19 @@ def test_sigkill_in_epoch_3_then_resume_is_bitwise_identical(reference, tmp_path
     assert lr_steps == sorted(set(lr_steps)) == [s for s, _ in ref_scalars["lr"]]
 
 
-def test_sigint_mid_epoch_saves_and_resumes_exactly(reference, tmp_path):
-    proc = start(tmp_path, *ARGS, "hydra.run.dir=cut")
-    wait_for(tmp_path / "cut", lambda r: r["epochs_run"] >= 1, proc)
+def interrupted_in_epoch_2(cwd: Path, run: str) -> str:
+    """The output of a run of ARGS into cwd/run, stopped by Ctrl-C just after its first epoch."""
+    proc = start(cwd, *ARGS, f"hydra.run.dir={run}")
+    wait_for(cwd / run, lambda r: r["epochs_run"] >= 1, proc)
     time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, out
+    return out
+
+
+def test_sigint_mid_epoch_saves_and_resumes_exactly(reference, tmp_path):
+    out = interrupted_in_epoch_2(tmp_path, "cut")
     assert "continue with: trainkit train resume=" in out
     record = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert record["status"] == "interrupted"
@@ -195,3 +202,78 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path):
     assert not (tmp_path / "sweep" / "1").exists()  # the jobs after it never started
     rows = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
     assert len(rows) == 2 and ",interrupted," in rows[1]
+
+
+# -- issue 9: a resume never moves a run backwards; run folders are data; any path resumes --------
+
+def test_resume_from_best_pt_branches_into_a_new_folder_and_leaves_the_run_as_it_was(tmp_path):
+    """The issue's data loss: best.pt (epoch 1) of a run at epoch 2 used to continue in place,
+    overwriting last.pt and metrics.json. Now it continues in a new folder with the run's settings."""
+    import shutil
+
+    import yaml
+
+    first = run_trainkit("train", "model=mlp", "schedule=constant", "logger.tensorboard.enabled=false",
+                         "trainer.epochs=1", "hydra.run.dir=r", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    shutil.copy(tmp_path / "r" / "checkpoints" / "last.pt", tmp_path / "epoch1.pt")
+    longer = run_trainkit("train", "resume=r", "trainer.epochs=2", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    shutil.copy(tmp_path / "epoch1.pt", tmp_path / "r" / "checkpoints" / "best.pt")  # best at epoch 1, last at 2
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "r").rglob("*") if p.is_file()}
+
+    branch = run_trainkit("train", "resume=r/checkpoints/best.pt", cwd=tmp_path)
+    assert branch.returncode == 0, branch.stdout + branch.stderr
+    new = only_run_dir(tmp_path)
+    assert f"branched from r/checkpoints/best.pt (epoch 1) into {new}; r is left as it was" in branch.stdout
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "r").rglob("*") if p.is_file()} == before
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs_run"] == 2
+    record = json.loads((new / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["epochs_run"] == 2
+    assert torch.load(new / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(new / "checkpoints" / "best.pt", weights_only=True)["epoch"] in (1, 2)  # its own best.pt
+    overrides = yaml.safe_load((new / ".hydra" / "overrides.yaml").read_text())
+    assert "model=mlp" in overrides and "schedule=constant" in overrides  # the run's settings, re-used
+
+
+def test_targets_from_a_run_folder_must_be_classes_trainkit_builds_or_typed_by_the_user(tmp_path):
+    """Real Hydra composition: torch.nn.Hardswish (a module class) may come from a folder;
+    builtins.print and torch.hub.load (functions) only when the user types them."""
+    from trainkit.errors import UserError
+    from trainkit.preflight import ConfigSources
+    from trainkit.trust import FolderSettings, check_folder_settings
+
+    def check(folder_line: str, typed: tuple[str, ...] = ()) -> None:
+        overrides = ["model=mlp", folder_line, *typed]
+        check_folder_settings(FolderSettings(tmp_path, ("model=mlp", folder_line)), list(typed), overrides,
+                              ConfigSources(), ConfigSources())
+
+    check("activation._target_=torch.nn.Hardswish")
+    check("augmentation.train=[{_target_: albumentations.HorizontalFlip}]")
+    for target in ("builtins.print", "torch.hub.load", "torch.distributed.elastic.multiprocessing.subprocess_handler"
+                   ".subprocess_handler.SubprocessHandler", "os.makedirs"):
+        with pytest.raises(UserError, match=f"activation._target_={re.escape(target)} comes from its .hydra/overrides.yaml"):
+            check(f"activation._target_={target}")
+    check("activation._target_=builtins.print", typed=("activation._target_=builtins.print",))  # the user's own choice
+
+
+@pytest.mark.parametrize("value", ["a b", "runs_é/r1", "it's", 'say "hi"', "back\\slash", "trail\\", "q\\'", "${oc.env:HOME}",
+                                   "\\${x}", "a=b,c [x] {y}:", "~/x 100%", "'", ""])
+def test_paths_are_handed_to_hydra_quoted_and_read_back_exactly(compose_train, value):
+    from trainkit.resume import hydra_quoted
+
+    assert compose_train(f"+probe={hydra_quoted(value)}").probe == value
+
+
+def test_the_printed_continue_command_works_pasted_into_bash_under_any_path(tmp_path):
+    """A launch folder with spaces, unicode, both quotes and a $ in its name: Hydra's grammar used
+    to reject the path trainkit handed it, and the printed command was not quoted for the shell."""
+    launch = tmp_path / "runs é 'q' \"d\" $HOME"
+    launch.mkdir()
+    command = re.search(r"continue with: (.*)\n", interrupted_in_epoch_2(launch, "r1")).group(1)
+    env = {**os.environ, "PATH": f"{Path(trainkit_command()[0]).parent}:{os.environ['PATH']}", "COLUMNS": "200"}
+    pasted = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert pasted.returncode == 0, command + "\n" + pasted.stdout + pasted.stderr
+    assert f"resumed from {launch / 'r1' / 'checkpoints' / 'last.pt'}" in pasted.stdout
+    record = json.loads((launch / "r1" / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["epochs_run"] == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -13,20 +14,33 @@ _TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789_"
 _TOKEN_LENGTH = 8
 
 
+class StorageError(OSError):
+    """A file could not be written (disk full, quota, file size limit, read-only): the previous
+    version is left intact. One line for the user, not a traceback."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Temporary file in the same folder, flush, fsync, rename over the target, fsync the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temporary(path)
+    except OSError as e:
+        raise _storage_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)  # inside the with: the lock lasts until the name is gone, so no clean-up takes it for stale
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _storage_error(path, e) from e
         raise
     _remove_stale_temporaries(path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -34,6 +48,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.fsync(dir_fd)  # makes the rename (and the clean-up) durable
     finally:
         os.close(dir_fd)
+
+
+def _storage_error(path: Path, error: OSError) -> StorageError:
+    code = errno.errorcode.get(error.errno, "") if error.errno else ""
+    reason = f"{error.strerror or error} ({code})" if code else str(error.strerror or error)
+    previous = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    return StorageError(error.errno, f"could not write {path}: {reason}; {previous}")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

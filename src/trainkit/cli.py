@@ -178,11 +178,13 @@ def expand_home(override: str) -> str:
 def prepare_train(args: list[str]) -> list[str]:
     """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
     from trainkit import preflight
+    from trainkit.resume import resume_value
 
     parsed, options, overrides = hydra_arguments(args)
     sources = preflight.ConfigSources(
         dirs=(config_dir(parsed.config_dir),) if parsed.config_dir else (), name=parsed.config_name or "train")
-    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    # Taken raw, not through Hydra's grammar: a path with spaces, unicode or quotes needs no Hydra quoting.
+    resume = next((resume_value(o.split("=", 1)[1]) for o in overrides if o.startswith("resume=")), None)
     overrides = [o for o in overrides if not o.startswith("resume=")]
     if resume and parsed.multirun:
         raise UserError(f"resume={resume} is not allowed with -m: resume one run at a time")
@@ -192,8 +194,22 @@ def prepare_train(args: list[str]) -> list[str]:
             return [*options, *overrides]
     if resume and resume != "null":
         return prepare_resume(resume, overrides, options, sources)
-    preflight.check_all(overrides, parsed.multirun, sources)
+    composed = preflight.check_all(overrides, parsed.multirun, sources)
+    claim_named_folder(overrides, parsed.multirun, composed)
     return [*options, *overrides]
+
+
+def claim_named_folder(overrides: list[str], multirun: bool, composed) -> None:
+    """Lock the run (or sweep) folder the user named before Hydra writes its .hydra/ files and
+    train.log there: of two runs started at once into one folder, the second is refused having
+    written nothing. A folder named by the time (the default) cannot be shared, so needs no claim."""
+    from trainkit import preflight
+    from trainkit.run_lock import claim
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(o.split("=", 1)[0].lstrip("+") == key for o in overrides):
+        folder = composed.sweep_dir if multirun else composed.run_dir
+        claim(folder, lambda: (preflight.refuse_used_sweep_dir if multirun else preflight.refuse_used_run_dir)(folder))
 
 
 def config_dir(path: str) -> str:
@@ -219,27 +235,51 @@ def resume_auto(overrides: list[str], sources) -> str | None:
 
 
 def prepare_resume(resume: str, overrides: list[str], options: list[str], sources) -> list[str]:
-    """Hydra's arguments that continue `resume` (a run folder or a .pt file), once it is known to fit."""
+    """Hydra's arguments that continue `resume` (a run folder or a .pt file), once it is known to fit.
+
+    In place only from a run folder or its last.pt; another checkpoint of a run (best.pt) continues
+    into a new folder with that run's settings, a branch, so a run never moves backwards."""
     from trainkit import preflight
     from trainkit.checkpoints import load_checkpoint
-    from trainkit.resume import original_config_dirs, original_config_name, original_overrides, refuse_unresumable, resolve_resume_target
+    from trainkit.resume import (continues_in_place, original_config_dirs, original_config_name, original_overrides,
+                                 override, refuse_unresumable, resolve_resume_target)
+    from trainkit.run_lock import claim
+    from trainkit.trust import FolderSettings, check_folder_settings
 
     run_dir, checkpoint = resolve_resume_target(resume)
     payload = load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
-    if run_dir is None:  # a checkpoint file from elsewhere: its weights and state start a new run folder
-        overrides = [*overrides, f"resume={checkpoint}"]
-    else:
-        refuse_unresumable(run_dir)
+    in_place = continues_in_place(run_dir, checkpoint)
+    user_overrides, user_sources = overrides, sources
+    overrides = [*overrides, override("resume", checkpoint)]  # quoted: Hydra's grammar rejects spaces, unicode...
+    if run_dir is not None:  # the run's own settings again, checked as data: the folder may come from anyone
+        if in_place:
+            refuse_unresumable(run_dir)
+        folder = FolderSettings(run_dir, tuple(original_overrides(run_dir)))
         if not sources.dirs:
-            sources = preflight.ConfigSources(tuple(original_config_dirs(run_dir)), sources.name)
-            options = [*options, *(f"--config-dir={d}" for d in sources.dirs[:1])]
+            recorded = tuple(original_config_dirs(run_dir)[:1])
+            sources, folder = preflight.ConfigSources(recorded, sources.name), FolderSettings(run_dir, folder.overrides, recorded)
+            options = [*options, *(f"--config-dir={d}" for d in recorded)]
         started_with = original_config_name(run_dir)
         if sources.name == "train" and started_with not in (None, "train"):
             sources = preflight.ConfigSources(sources.dirs, started_with)
             options = [*options, f"--config-name={started_with}"]
-        overrides = [*original_overrides(run_dir), *overrides, f"resume={checkpoint}", f"hydra.run.dir={run_dir}"]
+        overrides = [*folder.overrides, *overrides, *([override("hydra.run.dir", run_dir)] if in_place else [])]
+        check_folder_settings(folder, user_overrides, overrides, sources, user_sources)
     composed = preflight.compose_checked(overrides, sources)
-    if run_dir is None:
+    if not in_place:  # a new run folder, as for a new run
+        preflight.refuse_bad_output_folder("hydra.run.dir", composed.run_dir, composed.cfg, overrides)
         preflight.refuse_used_run_dir(composed.run_dir)
-    preflight.check_resumable(composed.cfg, payload, checkpoint)
+        preflight.refuse_unwritable("hydra.run.dir", composed.run_dir)
+    preflight.check_resumable(composed.cfg, payload, checkpoint, in_place)
+    written = checkpoint.stat().st_mtime_ns
+
+    def still_resumable() -> None:
+        """Under the lock: the checkpoint checked above is still the one the run will load."""
+        if checkpoint.stat().st_mtime_ns != written:
+            preflight.check_resumable(composed.cfg, load_checkpoint(checkpoint), checkpoint, in_place)
+
+    if in_place:
+        claim(run_dir, still_resumable)
+    elif any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in user_overrides):
+        claim(composed.run_dir, lambda: preflight.refuse_used_run_dir(composed.run_dir))
     return [*options, *overrides]

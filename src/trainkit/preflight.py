@@ -240,8 +240,10 @@ SAME_ON_RESUME = ("model", "norm", "activation", "init", "optimizer", "schedule"
 LENGTH_PLANNED_SCHEDULES = ("trainkit.schedules.cosine", "trainkit.schedules.linear", "trainkit.schedules.onecycle")
 
 
-def check_resumable(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
-    """The checkpoint can continue this config: same training setup, and weights that fit the model."""
+def check_resumable(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: bool = True) -> None:
+    """The checkpoint can continue this config: same training setup, something left to train, finite
+    weights that fit the model, and, in place, not older than the run it continues."""
+    refuse_non_finite(payload, checkpoint)
     old = OmegaConf.create(payload.get("config") or {})
     new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in SAME_ON_RESUME:
@@ -250,17 +252,20 @@ def check_resumable(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
             where, was_leaf, now_leaf = first_difference(key, was, now)
             raise UserError(f"{where}={now_leaf!r} is not allowed on resume: the run in {checkpoint} was trained with "
                             f"{where}={was_leaf!r}, and a resumed run continues the same training; start a new run to change it")
-    refuse_finished(cfg, payload, checkpoint)
+    refuse_finished(cfg, payload, checkpoint, in_place)
     old_epochs = OmegaConf.select(old, "trainer.epochs")
     if old_epochs is not None and old_epochs != cfg.trainer.epochs and cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
         raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run was planned for {old_epochs} "
                         f"epochs and its schedule ({cfg.schedule._target_.rsplit('.', 1)[1]}) follows that length; "
                         "start a new run, or use a schedule without a planned length (e.g. step, plateau) to extend runs")
+    if in_place:
+        refuse_moving_back(payload, checkpoint)
     check_model_fits(cfg, payload, checkpoint)
 
 
-def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
-    """Resuming a run that has nothing left to train would only test it again."""
+def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: bool = True) -> None:
+    """Resuming a run that has nothing left to train would only test it again; a new folder from
+    such a checkpoint would be a "completed" run with no checkpoint in it."""
     done = int(payload["epoch"])
     if payload.get("should_stop"):
         raise UserError(f"resume={checkpoint} is not allowed: that run was stopped early after epoch {done} "
@@ -268,10 +273,40 @@ def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
     if done > cfg.trainer.epochs:
         raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run in {checkpoint} "
                         f"has already trained {done} epochs")
-    record = RunRecord.read(checkpoint.parent.parent) or {}
-    if done == cfg.trainer.epochs and record.get("status") == COMPLETED:
-        raise UserError(f"resume={checkpoint} is not allowed: that run completed its {done} epochs, so nothing is left "
-                        "to resume (a larger trainer.epochs extends a run whose schedule has no planned length)")
+    if done < cfg.trainer.epochs:
+        return
+    if in_place:  # a run killed after its last epoch, before its test, is finished by a resume
+        if (RunRecord.read(checkpoint.parent.parent) or {}).get("status") == COMPLETED:
+            raise UserError(f"resume={checkpoint} is not allowed: that run completed its {done} epochs, so nothing is "
+                            "left to resume (a larger trainer.epochs extends a run whose schedule has no planned length)")
+        return
+    schedule = str(cfg.schedule.get("_target_", "")).rsplit(".", 1)[-1]
+    if cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
+        how = f"its schedule ({schedule}) is planned for that length, so it cannot be extended: start a new run"
+    else:
+        how = f"raise trainer.epochs (e.g. trainer.epochs={done + 10}) to train it further"
+    raise UserError(f"resume={checkpoint} is not allowed: it has trained all {done} epochs (trainer.epochs="
+                    f"{cfg.trainer.epochs}), so a new run from it would have nothing to train; {how}")
+
+
+def refuse_non_finite(payload: dict, checkpoint: Path) -> None:
+    """Weights holding NaN or Inf cannot train on, and would be tested and reported as a result."""
+    import torch
+
+    bad = [k for k, t in payload["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(f"checkpoint {checkpoint}: its weights hold NaN or Inf ({len(bad)} tensors, e.g. "
+                        f"{', '.join(bad[:3])}), so no run can continue from them; resume from an earlier checkpoint "
+                        "(best.pt is never saved from a diverged epoch) or start a new run")
+
+
+def refuse_moving_back(payload: dict, checkpoint: Path) -> None:
+    """A run continued in place never goes back: its last.pt must hold the newest epoch it reached."""
+    reached = (RunRecord.read(checkpoint.parent.parent) or {}).get("epochs_run") or 0
+    if isinstance(reached, int) and reached > int(payload["epoch"]):
+        raise UserError(f"resume={checkpoint} is not allowed: it holds epoch {payload['epoch']} but the run reached epoch "
+                        f"{reached} (metrics.json), so continuing it in place would move the run back; put the run's own "
+                        "last.pt back, or copy this file out of the run folder to start a new run from it")
 
 
 def plain(value):
@@ -301,23 +336,27 @@ def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
     load_model_state(build_model(cfg, spec, dropout), payload["model"], checkpoint)
 
 
-def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = ConfigSources(), shallow: bool = False) -> None:
-    """Compose the plain overrides; in a sweep also each value of each swept key once.
+def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = ConfigSources(),
+              shallow: bool = False) -> Composed:
+    """Compose the plain overrides; in a sweep also each value of each swept key once. Returns
+    the composed config of the plain overrides (a sweep's first values).
 
     `shallow` (--cfg, --info: a config is only shown): no import of a _target_, no build, no
     check of the output folders."""
     checks = {"signatures": not shallow, "build": not shallow}
     if not multirun:
-        run_dir = compose_checked(overrides, sources, **checks).run_dir
+        composed = compose_checked(overrides, sources, **checks)
         if not shallow:
-            refuse_used_run_dir(run_dir)
-            refuse_unwritable("hydra.run.dir", run_dir)
-        return
+            refuse_bad_output_folder("hydra.run.dir", composed.run_dir, composed.cfg, overrides)
+            refuse_used_run_dir(composed.run_dir)
+            refuse_unwritable("hydra.run.dir", composed.run_dir)
+        return composed
     parsed = parse(overrides)
     base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
     base = [b for b in base if b is not None]
     composed = compose_checked(base, sources, **checks)
     if not shallow:
+        refuse_bad_output_folder("hydra.sweep.dir", composed.sweep_dir, composed.cfg, overrides)
         refuse_used_sweep_dir(composed.sweep_dir)
         refuse_unwritable("hydra.sweep.dir", composed.sweep_dir)
     swept = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override()]
@@ -329,13 +368,53 @@ def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = Con
         for value in o.sweep_string_iterator():
             trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
             compose_checked(trial, sources, **checks)
+    return composed
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
     """A run never writes into another run's folder (Hydra would rewrite its .hydra/ files)."""
     if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
         raise UserError(f"hydra.run.dir={str(run_dir)!r} already holds a run; choose another folder, "
-                        f"or continue that run with resume={run_dir}")
+                        f"or continue that run with {shlex.quote(f'resume={run_dir}')}")
+
+
+def refuse_bad_output_folder(key: str, folder: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """The output folder is one the user meant and the file system can make: an empty value (an
+    unset shell variable) is not the launch folder, task_name is a name and not a path, and no
+    folder name is longer than the file system allows (checked now: later it is a traceback)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key]
+    if given and given[-1].strip() in ("", "''", '""'):
+        raise UserError(f"{key}='' is not allowed: an empty folder puts the run's files into the folder trainkit was "
+                        f"started in; name a folder, or leave {key} out for a new one under {cfg.paths.output_root}")
+    task_name = str(cfg.task_name)
+    if "/" in task_name:
+        raise allowed("task_name", task_name, "it is part of the run folder's name (<time>_<task_name>), so it cannot "
+                                              "hold '/' (it would put the run elsewhere); use a plain name such as my_run")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if exists(p))
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for name in folder.absolute().relative_to(existing).parts:
+        size = len(os.fsencode(name))
+        if size <= limit:
+            continue
+        if task_name and task_name in name:
+            raise UserError(f"task_name={shortened(task_name)!r} ({len(task_name)} characters) is not allowed: the run "
+                            f"folder's name it makes is {size} bytes and the file system allows {limit}; use a shorter task_name")
+        raise UserError(f"{key}={shortened(str(folder))!r} is not allowed: its folder name {shortened(name)!r} is {size} "
+                        f"bytes and the file system allows {limit}")
+
+
+def exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long even to look up
+        return False
+
+
+def shortened(text: str, keep: int = 24) -> str:
+    return text if len(text) <= keep + 1 else text[:keep] + "…"
 
 
 def refuse_used_sweep_dir(sweep_dir: Path) -> None:

@@ -3,10 +3,15 @@
 The lock is fcntl.flock on `<run dir>/.lock`: the kernel drops it when its holder dies, even by
 SIGKILL, so a `.lock` file left behind by a killed run never blocks anyone. The file's text (pid
 and host) is only for the message and for humans.
+
+The `trainkit` command claims a run folder it knows in advance (hydra.run.dir, resume=) before
+Hydra writes its .hydra/ files and train.log there, so a second process is refused before it has
+written anything; the run's own RunLock in the same process then takes that claim over.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import socket
@@ -17,6 +22,7 @@ from trainkit.errors import UserError
 LOCK_NAME = ".lock"
 
 _held_fds: set[int] = set()
+_claims: dict[str, RunLock] = {}  # folders this process claimed before its run started, by real path
 
 
 def _close_in_forked_child() -> None:
@@ -41,6 +47,10 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Take the lock now or raise UserError naming the process that holds it; never waits."""
         if self._fd is not None:
+            return self
+        claimed = _claims.pop(os.path.realpath(self.run_dir), None)
+        if claimed is not None and claimed._fd is not None:  # this process claimed it: take the claim over
+            self._fd, claimed._fd = claimed._fd, None
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -78,6 +88,28 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def claim(run_dir: str | os.PathLike, check=lambda: None) -> RunLock:
+    """Lock a run folder for this process before Hydra writes into it, then run `check` under the
+    lock (the folder may have been used since the pre-run check). On a refusal, the folders the
+    claim made are removed again. Held until the run's own RunLock takes it over, or until exit."""
+    made = [p for p in (Path(run_dir).absolute(), *Path(run_dir).absolute().parents) if not p.exists()]
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+        check()
+    except BaseException:
+        lock.release()
+        for folder in made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    _claims[os.path.realpath(run_dir)] = lock
+    atexit.register(lock.release)
+    return lock
 
 
 def is_locked(run_dir: str | os.PathLike) -> bool:

@@ -7,6 +7,7 @@ Returns the best value of the monitored metric, so that Hydra sweepers that opti
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import time
 import traceback
@@ -19,9 +20,11 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit.atomic import StorageError
 from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
 from trainkit.metrics import resolve_mode
 from trainkit.overfit import memorisation_verdict
+from trainkit.resume import CHECKPOINT_DIR, LAST_NAME, run_folder_of
 from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRecord
 
 # torch, the data and the loop are imported where a run builds them: `trainkit train --cfg job`,
@@ -29,12 +32,14 @@ from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRec
 if TYPE_CHECKING:
     from torch import nn
 
+    from trainkit.checkpoint_callbacks import BestCheckpoint
     from trainkit.loop import Trainer
 
 log = logging.getLogger("trainkit")
 
 INTERRUPTED_EXIT_CODE = 130
 DIVERGED_EXIT_CODE = 3
+STORAGE_ERROR_EXIT_CODE = 74  # EX_IOERR (sysexits.h): a checkpoint or record could not be written
 
 
 def build_model(cfg: DictConfig, spec, dropout: float) -> nn.Module:
@@ -86,17 +91,29 @@ def chosen_groups() -> dict[str, str]:
 
 def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
     """One training run in `run_dir` (its clock started at `started`); returns the best monitored value."""
+    from rich.markup import escape
+
     from trainkit.checkpoints import load_checkpoint
     from trainkit.config_check import check_config
     from trainkit.preflight import refuse_used_run_dir
+    from trainkit.progress import report
     from trainkit.run_lock import RunLock
 
-    check_config(cfg)
-    resume_payload = load_checkpoint(cfg.resume) if cfg.resume else None
-    if not continues_run_in(cfg, run_dir):
-        refuse_used_run_dir(run_dir)
-    with RunLock(run_dir):  # one process per run folder: a second resume of a live run is refused
+    # One process per run folder: a second resume of a live run is refused. The `trainkit` command
+    # usually claimed the folder before Hydra wrote into it; this takes the claim over.
+    with RunLock(run_dir):
+        check_config(cfg)
+        resume_payload = load_checkpoint(cfg.resume) if cfg.resume else None
+        in_place = continues_run_in(cfg, run_dir)
+        if not in_place:
+            refuse_used_run_dir(run_dir)
+        origin = run_folder_of(Path(cfg.resume)) if cfg.resume else None
+        if origin is not None and not in_place:
+            report(f"branched from {escape(str(cfg.resume))} (epoch {resume_payload['epoch']}) into {escape(str(run_dir))}; "
+                   f"{escape(str(origin))} is left as it was")
         trainer, record = build_trainer(cfg, run_dir, resume_payload, started)
+        if resume_payload is not None and not in_place:
+            keep_best_in_new_folder(trainer.callbacks["best_checkpoint"], resume_payload)
         try:
             return fit_and_test(cfg, run_dir, trainer, record)
         finally:
@@ -106,8 +123,20 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
 
 
 def continues_run_in(cfg: DictConfig, run_dir: Path) -> bool:
-    """resume= names a checkpoint of the run in `run_dir` itself (not a loose .pt from elsewhere)."""
-    return bool(cfg.resume) and Path(cfg.resume).resolve().parent.parent == run_dir.resolve()
+    """resume= names the last.pt of the run in `run_dir` itself. Any other checkpoint (best.pt, a
+    loose .pt) starts a new folder: continuing an older state in place would move the run back."""
+    return bool(cfg.resume) and Path(cfg.resume).resolve() == (run_dir / CHECKPOINT_DIR / LAST_NAME).resolve()
+
+
+def keep_best_in_new_folder(best: BestCheckpoint, payload: dict) -> None:
+    """A run started from another folder's checkpoint has its own best.pt: the starting weights when
+    they are the best so far (a branch from best.pt), else the best is tracked afresh from here."""
+    from trainkit.checkpoints import save_checkpoint
+
+    if best.best_epoch is not None and best.best_epoch == payload["epoch"]:
+        save_checkpoint(best.path, payload)
+    else:
+        best.best, best.best_epoch = None, None
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
@@ -191,8 +220,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
                    "message": trainer.message or stopped_early}
         if status == "interrupted":
             record.update(**summary, status=INTERRUPTED)
-            report(f"[yellow]interrupted[/]: saved {run_dir / 'checkpoints' / 'last.pt'}; "
-                   f"continue with: trainkit train resume={run_dir}", error=True)
+            report(f"[yellow]interrupted[/]: saved {escape(str(run_dir / CHECKPOINT_DIR / LAST_NAME))}; "
+                   f"continue with: {escape(resume_command(run_dir))}", error=True)
             raise RunEnded(INTERRUPTED_EXIT_CODE, status)
         if status == "diverged":
             record.update(**summary, status=DIVERGED)
@@ -216,6 +245,11 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         report(str(verdict) if verdict.passed else f"[red]{escape(str(verdict))}[/]")
     refresh_sweep_summary(run_dir)
     return float(best.best) if best.best is not None else float("nan")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run, quoted for the shell: it works pasted back as it is."""
+    return f"trainkit train {shlex.quote(f'resume={run_dir}')}"
 
 
 def test_best_checkpoint(trainer: Trainer, path: Path, model: nn.Module) -> dict:
@@ -290,17 +324,34 @@ def main(cfg: DictConfig) -> float:
             remove_if_empty_run(run_dir)
         report("interrupted before training started", error=True)
         raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except StorageError as e:  # a full disk: what was written before is intact, the run can go on later
+        return storage_failed(run_dir, e, in_sweep)
     except Exception as e:
         user_error = user_error_in(e)  # also one raised inside a constructor that Hydra wrapped
         if user_error is None:
             return crashed(run_dir, e, in_sweep)
-        if not cfg.resume:
+        if not continues_run_in(cfg, run_dir):
             remove_if_empty_run(run_dir)
         if in_sweep:
             mark_failed(run_dir, f"error: {user_error}")
             return float("nan")
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def storage_failed(run_dir: Path, error: StorageError, in_sweep: bool) -> float:
+    """One line and exit code 74 (EX_IOERR); metrics.json says failed if it can still be written."""
+    message = str(error)
+    if (run_dir / CHECKPOINT_DIR / LAST_NAME).is_file():
+        message += f"; free some space, then continue with: {resume_command(run_dir)}"
+    try:
+        mark_failed(run_dir, f"storage: {message}", say=in_sweep)
+    except OSError:
+        pass  # the disk is still full: the record keeps its last state
+    if in_sweep:
+        return float("nan")
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(STORAGE_ERROR_EXIT_CODE)
 
 
 def crashed(run_dir: Path, error: Exception, in_sweep: bool) -> float:
@@ -320,7 +371,7 @@ def stop_sweep(run_dir: Path) -> None:
     write_summary(run_dir.parent)
 
 
-def mark_failed(run_dir: Path, message: str) -> None:
+def mark_failed(run_dir: Path, message: str, say: bool = True) -> None:
     from rich.markup import escape
 
     from trainkit.progress import report
@@ -331,7 +382,8 @@ def mark_failed(run_dir: Path, message: str) -> None:
                        overrides_of_this_job())
     record.data.update({k: v for k, v in previous.items() if k in record.data and k not in ("status", "wall_time_s")})
     record.update(status=FAILED, message=message)
-    report(f"[red]job failed:[/] {escape(message)}", error=True)
+    if say:
+        report(f"[red]job failed:[/] {escape(message)}", error=True)
 
 
 if __name__ == "__main__":
