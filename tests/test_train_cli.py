@@ -247,7 +247,7 @@ def test_gradient_clipping_logs_the_gradient_norm(tmp_path):
 
 # issue 9: CLI and start-up
 
-HEAVY = ("torch", "torchvision", "albumentations")
+HEAVY = ("torch", "torchvision", "albumentations", "sklearn")  # sklearn: ~1.2 s to import, 2.5x a whole --cfg job
 
 
 @pytest.mark.parametrize("args,code", [

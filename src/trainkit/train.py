@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from trainkit.atomic import StorageError
 from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
 from trainkit.metrics import resolve_mode
-from trainkit.overfit import memorisation_verdict
 from trainkit.resume import CHECKPOINT_DIR, LAST_NAME, run_folder_of
 from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRecord
 
@@ -208,6 +207,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
     from rich.markup import escape
 
+    from trainkit.overfit import memorisation_verdict
     from trainkit.progress import report, report_results
 
     callbacks = trainer.callbacks
