@@ -260,7 +260,7 @@ def test_targets_from_a_run_folder_must_be_classes_trainkit_builds_or_typed_by_t
 @pytest.mark.parametrize("value", ["a b", "runs_é/r1", "it's", 'say "hi"', "back\\slash", "trail\\", "q\\'", "${oc.env:HOME}",
                                    "\\${x}", "a=b,c [x] {y}:", "~/x 100%", "'", ""])
 def test_paths_are_handed_to_hydra_quoted_and_read_back_exactly(compose_train, value):
-    from trainkit.resume import hydra_quoted
+    from trainkit.preflight import hydra_quoted
 
     assert compose_train(f"+probe={hydra_quoted(value)}").probe == value
 

@@ -242,7 +242,7 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     from trainkit import preflight
     from trainkit.checkpoints import load_checkpoint
     from trainkit.resume import (continues_in_place, original_config_dirs, original_config_name, original_overrides,
-                                 override, refuse_unresumable, resolve_resume_target)
+                                 refuse_unresumable, resolve_resume_target)
     from trainkit.run_lock import claim
     from trainkit.trust import FolderSettings, check_folder_settings
 
@@ -250,7 +250,8 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     payload = load_checkpoint(checkpoint)  # a corrupt or unsafe file is refused before anything is written
     in_place = continues_in_place(run_dir, checkpoint)
     user_overrides, user_sources = overrides, sources
-    overrides = [*overrides, override("resume", checkpoint)]  # quoted: Hydra's grammar rejects spaces, unicode...
+    # Quoted: Hydra's grammar rejects spaces, unicode..., and OmegaConf would read a ${ in a path.
+    overrides = [*overrides, f"resume={preflight.hydra_quoted(str(checkpoint))}"]
     if run_dir is not None:  # the run's own settings again, checked as data: the folder may come from anyone
         if in_place:
             refuse_unresumable(run_dir)
@@ -263,7 +264,8 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
         if sources.name == "train" and started_with not in (None, "train"):
             sources = preflight.ConfigSources(sources.dirs, started_with)
             options = [*options, f"--config-name={started_with}"]
-        overrides = [*folder.overrides, *overrides, *([override("hydra.run.dir", run_dir)] if in_place else [])]
+        here = [f"hydra.run.dir={preflight.hydra_quoted(str(run_dir))}"] if in_place else []
+        overrides = [*folder.overrides, *overrides, *here]
         check_folder_settings(folder, user_overrides, overrides, sources, user_sources)
     composed = preflight.compose_checked(overrides, sources)
     if not in_place:  # a new run folder, as for a new run

@@ -443,9 +443,13 @@ def refuse_unwritable(key: str, folder: Path, value: str | None = None) -> None:
         raise allowed(key, value or str(folder), f"cannot make a folder in {existing} ({e.strerror})") from None
 
 
-def hydra_quoted(value: str) -> str:
-    """`value` as a quoted string in Hydra's override grammar, which reads it back unchanged:
-    a backslash is special only before a quote (or at the end, before the closing quote)."""
+def hydra_quoted(value: str, literal: bool = True) -> str:
+    """`value` as a quoted string in Hydra's override grammar, which reads it back unchanged: a
+    backslash is special only before a quote (or at the end, before the closing quote). `literal`
+    (a path trainkit hands on): a `${` is escaped too, so OmegaConf keeps it as text; otherwise (a
+    value the user typed, in a quoting hint) a `${...}` stays the interpolation the user wrote."""
+    if literal:
+        value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)  # OmegaConf: \${ is a literal ${
     escaped = re.sub(r'(\\*)("|$)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), value)
     return f'"{escaped}"'
 
@@ -457,7 +461,7 @@ def hydra_value(value: str) -> str:
             return value
     except Exception:  # the grammar's own errors (HydraException, antlr's)
         pass
-    return hydra_quoted(value)
+    return hydra_quoted(value, literal=False)
 
 
 def parses(override: str) -> bool:
@@ -482,7 +486,7 @@ def quoting_hint(e: OverrideParseException, overrides: list[str]) -> str | None:
     key, sep, value = override.partition("=")
     if not sep or not value.strip() or not key.strip():
         return None
-    quoted = f"{key}={hydra_quoted(value)}"
+    quoted = f"{key}={hydra_quoted(value, literal=False)}"
     if not parses(quoted):
         return None
     if stray != override:

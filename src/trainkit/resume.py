@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml
@@ -31,19 +30,6 @@ def resume_value(raw: str) -> str:
         raise UserError(f"resume={raw} is not allowed: it is empty (an unset shell variable?); give a run folder, "
                         "a checkpoint file or auto, or leave resume= out to start a new run")
     return value
-
-
-def hydra_quoted(value: str) -> str:
-    """`value` as one quoted string of Hydra's override grammar, read back exactly: spaces, unicode,
-    quotes, backslashes and ${ pass through (Hydra would reject or interpolate them unquoted)."""
-    value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)  # OmegaConf: a literal ${
-    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)  # Hydra: a quote inside the quotes
-    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)  # Hydra: backslashes before the closing quote
-    return f"'{value}'"
-
-
-def override(key: str, value: str | Path) -> str:
-    return f"{key}={hydra_quoted(str(value))}"
 
 
 def run_folder_of(checkpoint: Path) -> Path | None:
