@@ -269,9 +269,7 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
         check_folder_settings(folder, user_overrides, overrides, sources, user_sources)
     composed = preflight.compose_checked(overrides, sources)
     if not in_place:  # a new run folder, as for a new run
-        preflight.refuse_bad_output_folder("hydra.run.dir", composed.run_dir, composed.cfg, overrides)
-        preflight.refuse_used_run_dir(composed.run_dir)
-        preflight.refuse_unwritable("hydra.run.dir", composed.run_dir)
+        preflight.check_output_folder(composed, overrides)
     preflight.check_resumable(composed.cfg, payload, checkpoint, in_place)
     written = checkpoint.stat().st_mtime_ns
 
@@ -282,6 +280,6 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
 
     if in_place:
         claim(run_dir, still_resumable)
-    elif any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in user_overrides):
-        claim(composed.run_dir, lambda: preflight.refuse_used_run_dir(composed.run_dir))
+    else:
+        claim_named_folder(user_overrides, False, composed)
     return [*options, *overrides]

@@ -387,19 +387,26 @@ def check_lbfgs_is_noise_free(cfg: DictConfig) -> None:
                         "every epoch changes the objective under L-BFGS; use dataset.class_weights=auto instead")
 
 
-def check_target_values(path: str, node: DictConfig, rules: dict) -> None:
-    """The range rules of a _target_ node's keys (and of a nested one's: lookahead's base); no import."""
-    target = node.get("_target_")
+def target_arguments(node: DictConfig) -> tuple[dict[str, Any], dict[str, DictConfig]]:
+    """A _target_ node's own arguments, and the _target_ nodes nested in it (lookahead's base), by key."""
+    own, nested = {}, {}
     for key in node:
         if key.startswith("_") and key.endswith("_"):
             continue
         value = node.get(key)
-        if isinstance(value, DictConfig) and "_target_" in value:
-            check_target_values(f"{path}.{key}", value, rules)
-            continue
-        rule = RULES_BY_TARGET.get(str(target), {}).get(key) or rules.get(key)
+        (nested if isinstance(value, DictConfig) and "_target_" in value else own)[key] = value
+    return own, nested
+
+
+def check_target_values(path: str, node: DictConfig, rules: dict) -> None:
+    """The range rules of a _target_ node's keys (and of a nested one's: lookahead's base); no import."""
+    own, nested = target_arguments(node)
+    for key, value in own.items():
+        rule = RULES_BY_TARGET.get(str(node.get("_target_")), {}).get(key) or rules.get(key)
         if rule is not None and not rule(value):
             raise allowed(f"{path}.{key}", value, describe(rule))
+    for key, value in nested.items():
+        check_target_values(f"{path}.{key}", value, rules)
 
 
 def check_target_node(path: str, node: DictConfig, extra: set[str] = frozenset()) -> None:
@@ -411,25 +418,34 @@ def check_target_node(path: str, node: DictConfig, extra: set[str] = frozenset()
     if obj is None:
         raise allowed(f"{path}._target_", target, "an importable class or function")
     accepted, takes_kwargs = signature_keys(obj)
-    for key in node:
-        if key.startswith("_") and key.endswith("_"):
-            continue
-        value = node.get(key)
-        if isinstance(value, DictConfig) and "_target_" in value:
-            check_target_node(f"{path}.{key}", value, extra)
-            continue
+    own, nested = target_arguments(node)
+    for key in own:
         if key not in accepted and key not in extra and not takes_kwargs:
             raise UserError(f"{path}.{key}={shown(node, key)}: unknown key for {target}"
                             f"{did_you_mean(key, accepted | extra)}; allowed: {', '.join(sorted(accepted | extra))}")
+    for key, value in nested.items():
+        check_target_node(f"{path}.{key}", value, extra)
 
 
 def locate(dotted: str):
-    """The object at a dotted path, or None (quietly: Hydra's get_object logs its failures)."""
-    module, _, name = str(dotted).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    """The object at a dotted path, or None: its longest importable module, then attributes (a
+    class's nested class too). Quietly: Hydra's get_object logs its failures."""
+    parts = str(dotted).split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:end]))
+            break
+        except ImportError:
+            continue
+        except ValueError:  # an empty name
+            return None
+    else:
         return None
+    for part in parts[end:]:
+        found = getattr(found, part, None)
+        if found is None:
+            return None
+    return found
 
 
 SUPPLIED_BY_RUN = {"self", "params", "optimizer", "horizon", "in_channels", "image_size", "num_classes", "norm",

@@ -347,18 +347,14 @@ def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = Con
     if not multirun:
         composed = compose_checked(overrides, sources, **checks)
         if not shallow:
-            refuse_bad_output_folder("hydra.run.dir", composed.run_dir, composed.cfg, overrides)
-            refuse_used_run_dir(composed.run_dir)
-            refuse_unwritable("hydra.run.dir", composed.run_dir)
+            check_output_folder(composed, overrides)
         return composed
     parsed = parse(overrides)
     base = [o.input_line if not o.is_sweep_override() else first_value(o) for o in parsed]
     base = [b for b in base if b is not None]
     composed = compose_checked(base, sources, **checks)
     if not shallow:
-        refuse_bad_output_folder("hydra.sweep.dir", composed.sweep_dir, composed.cfg, overrides)
-        refuse_used_sweep_dir(composed.sweep_dir)
-        refuse_unwritable("hydra.sweep.dir", composed.sweep_dir)
+        check_output_folder(composed, overrides, multirun=True)
     swept = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override()]
     # Sweeps an experiment or hparams_search config defines (hydra.sweeper.params) are checked too.
     swept += [(None, o) for o in parse([f"{k}={v}" for k, v in composed.sweep_params.items()])]
@@ -369,6 +365,15 @@ def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = Con
             trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
             compose_checked(trial, sources, **checks)
     return composed
+
+
+def check_output_folder(composed: Composed, overrides: list[str], multirun: bool = False) -> None:
+    """The folder Hydra will make for the run (or the sweep): one the user meant, not another run's
+    (or sweep's), and one that can be made."""
+    key, folder = ("hydra.sweep.dir", composed.sweep_dir) if multirun else ("hydra.run.dir", composed.run_dir)
+    refuse_bad_output_folder(key, folder, composed.cfg, overrides)
+    (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder)
+    refuse_unwritable(key, folder)
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:

@@ -48,6 +48,8 @@ def check_folder_settings(folder: FolderSettings, user_overrides: list[str], ove
 
     `overrides` and `sources` are what the resume composes with (the folder's and the user's);
     `user_overrides` and `user_sources` are the user's own (trainkit's configs are always trusted)."""
+    from trainkit.preflight import first_difference
+
     refuse_hydra_overrides(folder, user_overrides)
     composed = compose_raw(overrides, sources)
     if composed is None:
@@ -59,9 +61,12 @@ def check_folder_settings(folder: FolderSettings, user_overrides: list[str], ove
     # Hydra's node from the trusted sources alone: the user's root config and folders, and the
     # hydra.* overrides, all of them the user's or this resume's own (refuse_hydra_overrides).
     own = compose_raw([o for o in overrides if is_hydra_key(o)], user_sources)
-    changed = own is not None and first_difference(hydra_settings(composed), hydra_settings(own))
-    if changed:
-        raise UserError(f"resume={folder.run_dir}: {origin(folder, None)} changes Hydra's own setting hydra.{changed}, "
+    if own is None:
+        return
+    settings, expected = hydra_settings(composed), hydra_settings(own)
+    if settings != expected:
+        changed, _, _ = first_difference("hydra", settings, expected)
+        raise UserError(f"resume={folder.run_dir}: {origin(folder, None)} changes Hydra's own setting {changed}, "
                         f"which a run folder may not (it is data, not code); {advice(folder, None)}")
 
 
@@ -157,32 +162,16 @@ def targets_in(cfg) -> list[tuple[str, str]]:
 def of_known_kind(target: str) -> bool:
     """A class in trainkit, torch, torchvision or albumentations of a kind trainkit builds; only
     modules of those packages are ever imported to tell."""
+    from trainkit.config_check import locate
+
     if target.split(".")[0] not in TRUSTED_NAMESPACES:
         return False
     try:
-        found = located(target)
-    except Exception:  # not importable
+        found = locate(target)
+    except Exception:  # a module that fails on import
         return False
-    return isinstance(found, type) and issubclass(found, tuple(located(kind) for kind in KNOWN_KINDS))
-
-
-def located(path: str):
-    """The object at a dotted path: its longest importable module, then attributes (hydra.utils'
-    lookups would log an error for each non-class)."""
-    import importlib
-
-    parts = path.split(".")
-    for end in range(len(parts), 0, -1):
-        try:
-            found = importlib.import_module(".".join(parts[:end]))
-            break
-        except ImportError:
-            continue
-    else:
-        raise ImportError(path)
-    for part in parts[end:]:
-        found = getattr(found, part)
-    return found
+    kinds = tuple(kind for kind in map(locate, KNOWN_KINDS) if kind is not None)
+    return isinstance(found, type) and issubclass(found, kinds)
 
 
 def hydra_settings(cfg) -> dict:
@@ -194,17 +183,6 @@ def hydra_settings(cfg) -> dict:
         parent, _, leaf = key.rpartition(".")
         ((settings.get(parent) or {}) if parent else settings).pop(leaf, None)
     return settings
-
-
-def first_difference(a, b, path: str = "") -> str | None:
-    """The first dotted key where two plain trees differ, or None."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in [*a, *(k for k in b if k not in a)]:
-            found = first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-        return None
-    return None if a == b else path or "(root)"
 
 
 def origin(folder: FolderSettings, target: str | None) -> str:
