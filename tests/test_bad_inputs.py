@@ -225,6 +225,9 @@ CASES = [
      "resume=config_name_run: the config folder WORKDIR/evil_configs that its .hydra/hydra.yaml records changes Hydra's "
      "own setting hydra.job.env_set.PWNED, which a run folder may not (it is data, not code); if you trust that folder, "
      "pass it yourself: --config-dir=WORKDIR/evil_configs"),
+    # resume=auto with nothing to resume is a new run: its named folder is checked (and claimed) before Hydra writes.
+    (["resume=auto", "hydra.run.dir=mlp_run"],
+     "hydra.run.dir='mlp_run' already holds a run; choose another folder, or continue that run with resume=mlp_run"),
     # Nonsense that used to start a run somewhere unexpected.
     (["resume="], "resume= is not allowed: it is empty (an unset shell variable?); give a run folder, a checkpoint file "
                   "or auto, or leave resume= out to start a new run"),

@@ -189,9 +189,7 @@ def prepare_train(args: list[str]) -> list[str]:
     if resume and parsed.multirun:
         raise UserError(f"resume={resume} is not allowed with -m: resume one run at a time")
     if resume == "auto":
-        resume = resume_auto(overrides, sources)
-        if resume is None:
-            return [*options, *overrides]
+        resume = resume_auto(overrides, sources)  # None: nothing to resume, so a new run, checked as one
     if resume and resume != "null":
         return prepare_resume(resume, overrides, options, sources)
     composed = preflight.check_all(overrides, parsed.multirun, sources)
