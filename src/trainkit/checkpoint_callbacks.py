@@ -7,6 +7,7 @@ from pathlib import Path
 
 from trainkit.callbacks import Callback
 from trainkit.checkpoints import save_checkpoint
+from trainkit.status import Status
 
 
 def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -46,6 +47,6 @@ class LastCheckpoint(Callback):
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         save_checkpoint(self.path, trainer.checkpoint_payload(metrics))
 
-    def on_fit_end(self, trainer, status: str) -> None:
-        if status == "interrupted":
+    def on_fit_end(self, trainer, status: Status) -> None:
+        if status == Status.INTERRUPTED:
             save_checkpoint(self.path, trainer.checkpoint_payload(trainer.last_metrics))

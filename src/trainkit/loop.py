@@ -12,6 +12,7 @@ from trainkit import metrics as M
 from trainkit.devices import autocast
 from trainkit.optimizers import needs_closure
 from trainkit.seeding import capture_rng_states, restore_rng_states
+from trainkit.status import Status
 
 
 def steps_per_epoch(train_loader, limit_train_batches: int | None) -> int:
@@ -57,16 +58,16 @@ class Trainer:
         self._reset_running()
 
     # -- the loop ---------------------------------------------------------------------------
-    def fit(self) -> str:
+    def fit(self) -> Status:
         """Train until `epochs`, early stopping, an interrupt or divergence; returns the status."""
-        status = "completed"
+        status = Status.COMPLETED
         for cb in self.callbacks.values():
             cb.on_fit_start(self)
         try:
             while self.epoch < self.epochs and not self.should_stop:
                 train_metrics = self.train_one_epoch()
                 if self.interrupted and self.batch_in_epoch < self.steps_per_epoch:
-                    status = "interrupted"  # mid-epoch: last.pt records the step; a full epoch is validated first
+                    status = Status.INTERRUPTED  # mid-epoch: last.pt records the step; a full epoch is validated first
                     break
                 val_metrics = self.evaluate(self.data.val, "val", self.limit_val_batches)
                 metrics = {**train_metrics, **val_metrics}
@@ -77,12 +78,12 @@ class Trainer:
                 for cb in self.callbacks.values():
                     cb.on_epoch_end(self, metrics)
                 if self.interrupted:
-                    status = "interrupted"
+                    status = Status.INTERRUPTED
                     break
         except Diverged as e:
-            status, self.message = "diverged", str(e)
+            status, self.message = Status.DIVERGED, str(e)
         except BaseException:
-            status = "crashed"
+            status = Status.CRASHED
             raise
         finally:
             for cb in self.callbacks.values():

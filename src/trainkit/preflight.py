@@ -23,7 +23,8 @@ from trainkit.config_check import check_config, did_you_mean, missing_key
 from trainkit.errors import UserError, allowed, user_error_in
 from trainkit.memory import refuse_beyond_memory
 from trainkit.metrics import resolve_mode
-from trainkit.run_record import COMPLETED, RunRecord
+from trainkit.run_record import RunRecord
+from trainkit.status import Status
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: 
     if done < cfg.trainer.epochs:
         return
     if in_place:  # a run killed after its last epoch, before its test, is finished by a resume
-        if (RunRecord.read(checkpoint.parent.parent) or {}).get("status") == COMPLETED:
+        if (RunRecord.read(checkpoint.parent.parent) or {}).get("status") == Status.COMPLETED:
             raise UserError(f"resume={checkpoint} is not allowed: that run completed its {done} epochs, so nothing is "
                             "left to resume (a larger trainer.epochs extends a run whose schedule has no planned length)")
         return

@@ -90,7 +90,7 @@ class ProgressDisplay(Callback):
         if trainer.epoch < trainer.epochs and not trainer.should_stop:
             self._new_epoch(trainer)
 
-    def on_fit_end(self, trainer, status: str) -> None:
+    def on_fit_end(self, trainer, status) -> None:
         if self.progress is not None:
             self.progress.stop()
 

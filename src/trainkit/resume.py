@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from trainkit.errors import UserError
-from trainkit.run_record import COMPLETED, DIVERGED, RunRecord
+from trainkit.run_record import RunRecord
+from trainkit.status import Status
 
 # A run continues in place only from its own newest state, checkpoints/last.pt; best.pt or any other
 # checkpoint in a run folder continues into a new folder (a branch), so no run ever moves backwards.
@@ -119,7 +120,7 @@ def find_resumable(output_root: Path, config_hash: str) -> Path | None:
         record = RunRecord.read(run_dir)
         checkpoint = run_dir / "checkpoints" / "last.pt"
         # A diverged run would diverge again from the same state: only stopped or killed runs qualify.
-        if record and record.get("config_hash") == config_hash and record.get("status") not in (COMPLETED, DIVERGED) \
+        if record and record.get("config_hash") == config_hash and record.get("status") not in (Status.COMPLETED, Status.DIVERGED) \
                 and checkpoint.is_file() and not is_locked(run_dir):
             candidates.append((checkpoint.stat().st_mtime, run_dir))
     return max(candidates)[1] if candidates else None

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from trainkit.atomic import atomic_write_text
 from trainkit.callbacks import Callback
-
-RUNNING, COMPLETED, INTERRUPTED, DIVERGED, FAILED = "running", "completed", "interrupted", "diverged", "failed"
+from trainkit.status import Status
 
 
 class RunRecord(Callback):
@@ -20,7 +19,7 @@ class RunRecord(Callback):
         self.path = Path(run_dir) / "metrics.json"
         self.started = time.time() if started is None else started  # wall time counts data loading and set-up too
         self.data = {
-            "status": RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
+            "status": Status.RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
             "final": {}, "test": {}, "epochs_run": 0, "global_step": 0, "wall_time_s": 0.0,
             "config_hash": config_hash, "overrides": overrides, "message": None, "epoch_seconds": [],
         }
@@ -42,7 +41,7 @@ class RunRecord(Callback):
 
     def mark_interrupted(self) -> None:
         """A second Ctrl-C exits at once; the record still says the run did not complete."""
-        self.update(status=INTERRUPTED, message="stopped by a second signal before last.pt was saved")
+        self.update(status=Status.INTERRUPTED, message="stopped by a second signal before last.pt was saved")
 
     def on_fit_start(self, trainer) -> None:
         self._epoch_started = time.time()

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from trainkit import metrics as M
 from trainkit.progress import console
-from trainkit.run_record import COMPLETED, RunRecord
+from trainkit.run_record import RunRecord
+from trainkit.status import Status
 
 FAILED_JOBS: list[str] = []  # read by the CLI to choose the exit code of a sweep
 
@@ -24,7 +25,7 @@ def collect_runs(sweep_dir: Path) -> list[dict]:
     runs = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                           key=lambda p: int(p.name) if p.name.isdigit() else p.name):
-        record = RunRecord.read(job_dir) or {"status": "failed", "message": "no metrics.json: the job never started"}
+        record = RunRecord.read(job_dir) or {"status": Status.FAILED, "message": "no metrics.json: the job never started"}
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         runs.append({**record, "job": job_dir.name, "dir": str(job_dir), "override_list": list(overrides or []),
@@ -43,7 +44,7 @@ def rank(runs: list[dict], mode: str) -> list[dict]:
 
     def key(run):
         best = run.get("best")
-        ok = run.get("status") == COMPLETED and best is not None and not math.isnan(best)
+        ok = run.get("status") == Status.COMPLETED and best is not None and not math.isnan(best)
         return (0 if ok else 1, -best if ok and mode == "max" else (best if ok else 0.0))
 
     return sorted(runs, key=key)
@@ -79,7 +80,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
         # escape: an override like regularization=[l2,dropout] is not rich markup
         table.add_row(*(fmt(row[c]) for c in shown), escape(swept[row["job"]]),
-                      style=None if row["status"] == COMPLETED else "red")
+                      style=None if row["status"] == Status.COMPLETED else "red")
     console.print(table)
     console.print(f"summary: {sweep_dir / 'summary.csv'}")
     if seeds_vary(runs):
@@ -108,7 +109,7 @@ def write_seed_summary(sweep_dir: Path, runs: list[dict], monitor: str, mode: st
     swept = varying_overrides(runs)
     rows = []
     for config, members in groups.items():
-        done = [r for r in members if r.get("status") == COMPLETED and r.get("best") is not None]
+        done = [r for r in members if r.get("status") == Status.COMPLETED and r.get("best") is not None]
         best = [float(r["best"]) for r in done]
         test = [float(r["test"][M.TEST_ACC]) for r in done if (r.get("test") or {}).get(M.TEST_ACC) is not None]
         rows.append({"config": swept[members[0]["job"]] or config, "runs": len(members), "completed": len(done),
@@ -150,4 +151,4 @@ class SweepSummary(HydraCallback):
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
-        FAILED_JOBS.extend(r["job"] for r in rows if r["status"] != COMPLETED)
+        FAILED_JOBS.extend(r["job"] for r in rows if r["status"] != Status.COMPLETED)

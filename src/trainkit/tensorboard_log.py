@@ -9,11 +9,12 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from trainkit import metrics as M
 from trainkit.callbacks import Callback
+from trainkit.status import Status
 
 # The HParams tab's session status for each way a run ends (an interrupted run may be resumed:
 # TensorBoard has no 'paused', so it stays unknown).
-SESSION_STATUS = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN", "diverged": "STATUS_FAILURE",
-                  "crashed": "STATUS_FAILURE"}
+SESSION_STATUS = {Status.COMPLETED: "STATUS_SUCCESS", Status.INTERRUPTED: "STATUS_UNKNOWN", Status.DIVERGED: "STATUS_FAILURE",
+                  Status.CRASHED: "STATUS_FAILURE"}
 
 
 class TensorBoardLogger(Callback):
@@ -25,7 +26,7 @@ class TensorBoardLogger(Callback):
         self.every = max(1, int(log_every_n_steps))
         self.image_grid = int(image_grid)
         self.hparams = hparams or {}
-        self.status = "crashed"  # until the loop says how the fit ended
+        self.status = Status.CRASHED  # until the loop says how the fit ended
         self.writer: SummaryWriter | None = None
 
     def on_fit_start(self, trainer) -> None:
@@ -74,7 +75,7 @@ class TensorBoardLogger(Callback):
             self.writer.add_scalar(name, value, trainer.global_step)
         self.writer.flush()
 
-    def on_fit_end(self, trainer, status: str) -> None:
+    def on_fit_end(self, trainer, status: Status) -> None:
         self.status = status
         if self.writer is not None:
             self.writer.flush()
@@ -87,7 +88,7 @@ class TensorBoardLogger(Callback):
         self.writer = None
 
 
-def session_end(status: str):
+def session_end(status: Status):
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG

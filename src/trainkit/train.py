@@ -24,7 +24,8 @@ from trainkit.atomic import StorageError
 from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
 from trainkit.metrics import resolve_mode
 from trainkit.resume import CHECKPOINT_DIR, LAST_NAME, run_folder_of
-from trainkit.run_record import COMPLETED, DIVERGED, FAILED, INTERRUPTED, RunRecord
+from trainkit.run_record import RunRecord
+from trainkit.status import Status
 
 # torch, the data and the loop are imported where a run builds them: `trainkit train --cfg job`,
 # --help and the check of a bad override, which Hydra answers from this module too, need none of them.
@@ -199,7 +200,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
                f"same {len(data.splits.train)} training images every epoch")
     if trainer.epochs < cfg.trainer.epochs:
         report(f"fast dev run (trainer.fast_dev_run=true): {trainer.epochs} epoch, not the {cfg.trainer.epochs} of trainer.epochs")
-    record.update(status="running", loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
+    record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
     return trainer, record
 
 
@@ -218,19 +219,19 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
                    "best": best.best, "best_epoch": best.best_epoch, "skipped_steps": trainer.skipped_steps,
                    "message": trainer.message or stopped_early}
-        if status == "interrupted":
-            record.update(**summary, status=INTERRUPTED)
+        if status == Status.INTERRUPTED:
+            record.update(**summary, status=Status.INTERRUPTED)
             report(f"[yellow]interrupted[/]: saved {escape(str(run_dir / CHECKPOINT_DIR / LAST_NAME))}; "
                    f"continue with: {escape(resume_command(run_dir))}", error=True)
             raise RunEnded(INTERRUPTED_EXIT_CODE, status)
-        if status == "diverged":
-            record.update(**summary, status=DIVERGED)
+        if status == Status.DIVERGED:
+            record.update(**summary, status=Status.DIVERGED)
             report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
             report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
-    record.update(**summary, status=COMPLETED, test=test_metrics)
+    record.update(**summary, status=Status.COMPLETED, test=test_metrics)
     if "tensorboard" in callbacks:
         final = {**test_metrics, f"best/{cfg.trainer.monitor}": best.best if best.best is not None else float("nan")}
         callbacks["tensorboard"].log_final(trainer, final)
@@ -281,7 +282,7 @@ def overrides_of_this_job() -> list[str]:
 class RunEnded(Exception):
     """The run stopped early (interrupted, diverged): results are saved, the exit code says why."""
 
-    def __init__(self, code: int, status: str):
+    def __init__(self, code: int, status: Status):
         super().__init__(status)
         self.code, self.status = code, status
 
@@ -381,7 +382,7 @@ def mark_failed(run_dir: Path, message: str, say: bool = True) -> None:
     record = RunRecord(run_dir, previous.get("monitor", ""), previous.get("mode", ""), previous.get("config_hash", ""),
                        overrides_of_this_job())
     record.data.update({k: v for k, v in previous.items() if k in record.data and k not in ("status", "wall_time_s")})
-    record.update(status=FAILED, message=message)
+    record.update(status=Status.FAILED, message=message)
     if say:
         report(f"[red]job failed:[/] {escape(message)}", error=True)
 
