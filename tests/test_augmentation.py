@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_module
 
 from trainkit.augmentation import augment, build_pipeline, check_transform
 from trainkit.data import build_data, check_pipeline_output
-from trainkit.datasets import DataSpec
+from trainkit.sources import DataSpec
 from trainkit.device_loader import NotBatchable, apply_ops, batched_ops
 from trainkit.errors import UserError
 

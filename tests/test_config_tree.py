@@ -12,12 +12,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from trainkit.config_check import check_config
-from trainkit.datasets import DataSpec
+from trainkit.sources import DataSpec
 from trainkit.metrics import resolve_mode
 from trainkit.optimizers import build_optimizer
 from trainkit.regularization import Regularizers
 from trainkit.schedules import build_schedule
-from trainkit.train import build_model
+from trainkit.assembly import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("dataset", "augmentation", "model", "norm", "activation", "init", "optimizer", "schedule", "regularization",

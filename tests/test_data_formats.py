@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
-from trainkit.datasets import build_splits, channel_stats
+from trainkit.datasets import build_splits
+from trainkit.stats import channel_stats
 from trainkit.errors import UserError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

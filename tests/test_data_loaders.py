@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from trainkit.data import build_data
-from trainkit.datasets import ArraySource
+from trainkit.sources import ArraySource
 from trainkit.loaders import WorkerLoader, default_workers
 
 CPU = torch.device("cpu")

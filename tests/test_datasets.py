@@ -17,7 +17,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import SHARED_DATA, require_shared
-from trainkit.datasets import build_splits, channel_stats
+from trainkit.datasets import build_splits
+from trainkit.stats import channel_stats
 from trainkit.errors import UserError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

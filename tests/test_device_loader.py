@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 import trainkit.data as data_module
 from trainkit.augmentation import augment, build_pipeline
 from trainkit.data import build_data
-from trainkit.datasets import ArraySource
+from trainkit.sources import ArraySource
 from trainkit.device_loader import DeviceLoader, apply_ops, batched_ops
 from trainkit.errors import UserError
 from trainkit.loaders import WorkerLoader

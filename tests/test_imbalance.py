@@ -12,7 +12,8 @@ from scipy.stats import chisquare
 
 from trainkit.augmentation import build_pipeline
 from trainkit.data import build_data
-from trainkit.datasets import ArraySource, load_digits_arrays
+from trainkit.datasets import load_digits_arrays
+from trainkit.sources import ArraySource
 from trainkit.device_loader import DeviceLoader
 from trainkit.loaders import EpochSampler, WorkerLoader, class_weights
 

@@ -68,7 +68,7 @@ def test_best_checkpoint_reproduces_its_validation_accuracy(default_run):
     from trainkit.checkpoints import load_checkpoint
     from trainkit.data import build_data
     from trainkit.loop import evaluate
-    from trainkit.train import build_model
+    from trainkit.assembly import build_model
 
     _, run_dir, _ = default_run
     payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)  # plain data, no code

@@ -201,13 +201,13 @@ def claim_named_folder(overrides: list[str], multirun: bool, composed) -> None:
     """Lock the run (or sweep) folder the user named before Hydra writes its .hydra/ files and
     train.log there: of two runs started at once into one folder, the second is refused having
     written nothing. A folder named by the time (the default) cannot be shared, so needs no claim."""
-    from trainkit import preflight
+    from trainkit.run_folder import refuse_used_run_dir, refuse_used_sweep_dir
     from trainkit.run_lock import claim
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if any(o.split("=", 1)[0].lstrip("+") == key for o in overrides):
         folder = composed.sweep_dir if multirun else composed.run_dir
-        claim(folder, lambda: (preflight.refuse_used_sweep_dir if multirun else preflight.refuse_used_run_dir)(folder))
+        claim(folder, lambda: (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder))
 
 
 def config_dir(path: str) -> str:

@@ -346,18 +346,14 @@ def check_mode_fits_monitor(cfg: DictConfig) -> None:
                             f"use {natural_mode(monitor)} or auto")
 
 
+# Keys of a group's config that trainkit reads itself instead of passing to the group's target:
+# an optimizer's exclude_bias_and_norm (optimizers.py), a schedule's warmup (schedules.py).
+OWN_KEYS = {"optimizer": ("exclude_bias_and_norm",), "schedule": ("warmup_epochs", "warmup_steps", "warmup_start_factor")}
+
+
 def extra_keys(group: str) -> set[str]:
-    """Keys the run consumes itself before calling the group's target (read where they are
-    consumed, when the targets are imported anyway)."""
-    if group == "optimizer":
-        from trainkit.optimizers import OWN_KEYS
-
-        return set(OWN_KEYS)
-    if group == "schedule":
-        from trainkit.schedules import WARMUP_KEYS
-
-        return set(WARMUP_KEYS)
-    return set()
+    """Keys the run consumes itself before calling the group's target."""
+    return set(OWN_KEYS.get(group, ()))
 
 
 LBFGS = "torch.optim.LBFGS"

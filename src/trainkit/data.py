@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from trainkit.augmentation import augment, build_pipeline
-from trainkit.datasets import DataSpec, Splits, build_splits
+from trainkit.datasets import build_splits
+from trainkit.sources import DataSpec, Splits
 from trainkit.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_ops
 from trainkit.errors import UserError, allowed
 from trainkit.loaders import WorkerLoader, class_weights, default_workers
@@ -153,7 +154,7 @@ def build_data(cfg, device: torch.device) -> Data:
         test = WorkerLoader(splits.test, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin,
                             persistent=False)  # used once, at the end
         reason = f"{reason}; {workers} worker process(es)"
-    from trainkit.progress import report
+    from trainkit.console import report
 
     report(f"data loader: {kind} ({reason})")
     preprocess = Preprocess(cfg.dataset.preprocess, spec.mean, spec.std,

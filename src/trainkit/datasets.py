@@ -2,70 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
-from trainkit.atomic import atomic_write_text
 from trainkit.errors import UserError, allowed
-
-
-@dataclass
-class DataSpec:
-    """What the model and the pipeline need to know about a dataset."""
-
-    in_channels: int
-    image_size: int
-    num_classes: int
-    class_names: list[str]
-    mean: list[float]
-    std: list[float]
-
-
-class ArraySource:
-    """Images held in memory as one uint8 array of shape (N, H, W, C)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        if images.ndim == 3:
-            images = images[..., None]
-        self.images = np.ascontiguousarray(images, dtype=np.uint8)
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.images[i], int(self.labels[i])
-
-    def subset(self, indices) -> ArraySource:
-        return ArraySource(self.images[indices], self.labels[indices])
-
-
-@dataclass
-class Splits:
-    train: ArraySource
-    val: ArraySource
-    test: ArraySource
-    spec: DataSpec
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held out), the held-out part `fraction` of each class, seeded."""
-    if not 0.0 < float(fraction) < 1.0:
-        raise allowed(key, fraction, "a fraction strictly between 0 and 1")
-    idx = np.arange(len(labels))
-    try:
-        kept, held = train_test_split(idx, test_size=float(fraction), random_state=seed, stratify=labels)
-    except ValueError as e:  # too few images of some class to put one on each side
-        counts = np.bincount(labels)
-        raise UserError(f"{key}={fraction} cannot split {len(labels)} images stratified by class (the smallest class "
-                        f"has {counts[counts > 0].min()}): {e}") from None
-    return np.sort(kept), np.sort(held)
+from trainkit.sources import ArraySource, DataSpec, Splits
+from trainkit.split import stratified_split
+from trainkit.stats import cached_channel_stats, channel_stats, stats_key
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -275,45 +220,3 @@ def computed_stats(cfg, images: np.ndarray) -> tuple[list[float], list[float]]:
     identity = f"{cfg.name}|{data_dir.resolve()}|{'x'.join(map(str, images.shape))}"
     record = {"dataset": cfg.name, "data_dir": str(data_dir.resolve()), "images": len(images)}
     return cached_channel_stats(images, cfg.get("cache_dir"), f"{cfg.name}_stats", stats_key(identity, files, data_dir), record)
-
-
-def stats_key(identity: str, files: list[Path], base: Path) -> str:
-    """A hash of `identity` and each file's path (relative to `base`), size and modification time."""
-    h = hashlib.sha256(identity.encode())
-    for f in files:
-        st = f.stat()
-        h.update(f"|{f.relative_to(base)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
-
-
-def cached_channel_stats(images: np.ndarray, cache_dir, folder: str, key: str, record: dict) -> tuple[list[float], list[float]]:
-    """channel_stats(images), kept in <cache_dir>/<folder>/<key>.json; cache_dir null: computed every time."""
-    path = Path(str(cache_dir)) / folder / f"{key}.json" if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            return cached["mean"], cached["std"]
-        except (ValueError, KeyError):
-            pass  # a damaged cache entry is recomputed
-    mean, std = channel_stats(images)
-    if path is not None:
-        try:
-            atomic_write_text(path, json.dumps({**record, "mean": mean, "std": std}, indent=1))
-        except OSError:
-            pass  # a read-only cache folder costs only the recomputation
-    return mean, std
-
-
-def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 (N, H, W, C) pixels scaled to [0, 1], over all pixels."""
-    c = images.shape[-1]
-    total = np.zeros(c)
-    total_sq = np.zeros(c)
-    for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].reshape(-1, c).astype(np.float64)
-        total += block.sum(0)
-        total_sq += np.square(block).sum(0)
-    count = max(1, images.size // c)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return [round(float(m) / 255.0, 6) for m in mean], [round(max(float(s) / 255.0, 1e-3), 6) for s in std]  # a constant image set must not divide by 0

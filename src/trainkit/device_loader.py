@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from trainkit.augmentation import user_transforms
-from trainkit.datasets import ArraySource
+from trainkit.sources import ArraySource
 from trainkit.errors import UserError
 from trainkit.loaders import EpochSampler
 

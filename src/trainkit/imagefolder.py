@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import MissingMandatoryValue
 
-from trainkit.datasets import ArraySource, DataSpec, Splits, cached_channel_stats, stats_key, stratified_split
+from trainkit.sources import ArraySource, DataSpec, Splits
+from trainkit.split import stratified_split
+from trainkit.stats import cached_channel_stats, stats_key
 from trainkit.errors import UserError, allowed
 from trainkit.memory import refuse_beyond_memory
 

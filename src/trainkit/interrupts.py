@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from trainkit.progress import console
+from trainkit.console import console
 
 
 class StopRequest:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainkit.augmentation import seed_pipeline
-from trainkit.datasets import ArraySource
+from trainkit.sources import ArraySource
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

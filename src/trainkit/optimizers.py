@@ -27,8 +27,6 @@ from trainkit.regularization import decayed_parameters
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # PReLU slopes are not decayed either (He et al. 2015 train them without weight decay).
 NO_DECAY_MODULES = NORM_TYPES + (nn.PReLU,)
-# Keys of an optimizer config that trainkit reads itself instead of passing to torch.
-OWN_KEYS = ("exclude_bias_and_norm",)
 
 
 @dataclass

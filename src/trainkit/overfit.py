@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainkit import metrics as M
-from trainkit.datasets import Splits
+from trainkit.sources import Splits
 
 # "Near 0": a loss this low, with every image right, is memorised (chance on 10 classes is ln 10 = 2.3).
 MEMORISED_LOSS = 0.05

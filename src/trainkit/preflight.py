@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from trainkit.config_check import check_config, did_you_mean, missing_key
 from trainkit.errors import UserError, allowed, user_error_in
 from trainkit.memory import refuse_beyond_memory
 from trainkit.metrics import resolve_mode
+from trainkit.run_folder import refuse_unwritable, refuse_used_run_dir, refuse_used_sweep_dir
 from trainkit.run_record import RunRecord
 from trainkit.status import Status
 
@@ -171,7 +171,7 @@ def check_buildable(cfg: DictConfig) -> None:
     import torch
 
     from trainkit.schedules import WARMUP_KEYS, build_schedule
-    from trainkit.train import build_network
+    from trainkit.assembly import build_network
 
     built = {group: building(group, lambda: instantiate(cfg[group]), cfg) for group in ("norm", "activation", "init")}
     building("activation", lambda: built["activation"](), cfg)  # what the model does for each layer
@@ -326,9 +326,9 @@ def first_difference(key: str, was, now) -> tuple[str, object, object]:
 def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
     """Build the configured model and load the checkpoint's weights into it, before any file is written."""
     from trainkit.checkpoints import load_model_state
-    from trainkit.datasets import DataSpec
+    from trainkit.sources import DataSpec
     from trainkit.regularization import Regularizers
-    from trainkit.train import build_model
+    from trainkit.assembly import build_model
 
     if "data_spec" not in payload:
         return
@@ -377,13 +377,6 @@ def check_output_folder(composed: Composed, overrides: list[str], multirun: bool
     refuse_unwritable(key, folder)
 
 
-def refuse_used_run_dir(run_dir: Path) -> None:
-    """A run never writes into another run's folder (Hydra would rewrite its .hydra/ files)."""
-    if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
-        raise UserError(f"hydra.run.dir={str(run_dir)!r} already holds a run; choose another folder, "
-                        f"or continue that run with {shlex.quote(f'resume={run_dir}')}")
-
-
 def refuse_bad_output_folder(key: str, folder: Path, cfg: DictConfig, overrides: list[str]) -> None:
     """The output folder is one the user meant and the file system can make: an empty value (an
     unset shell variable) is not the launch folder, task_name is a name and not a path, and no
@@ -421,32 +414,6 @@ def exists(path: Path) -> bool:
 
 def shortened(text: str, keep: int = 24) -> str:
     return text if len(text) <= keep + 1 else text[:keep] + "…"
-
-
-def refuse_used_sweep_dir(sweep_dir: Path) -> None:
-    """A sweep never writes into another sweep's folder: Hydra would rewrite its jobs' records."""
-    if not sweep_dir.is_dir():
-        return
-    used = (sweep_dir / "summary.csv").exists() or (sweep_dir / "multirun.yaml").exists() or \
-        any((job / ".hydra").is_dir() for job in sweep_dir.iterdir())
-    if used:
-        raise UserError(f"hydra.sweep.dir={str(sweep_dir)!r} already holds a sweep; choose another folder "
-                        "(by default each sweep gets a new one)")
-
-
-def refuse_unwritable(key: str, folder: Path, value: str | None = None) -> None:
-    """The output folder can be made: nothing in its path is a file, and a folder can be made in
-    its nearest existing folder. Checked now, not when Hydra makes it (a traceback). `value`: what
-    the message shows as the key's value, when that is a file in `folder` (preview's out)."""
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise allowed(key, value or str(folder), f"{existing} is a file, not a folder")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".trainkit-write-check-", dir=existing))
-    except OSError as e:
-        raise allowed(key, value or str(folder), f"cannot make a folder in {existing} ({e.strerror})") from None
 
 
 def hydra_quoted(value: str, literal: bool = True) -> str:

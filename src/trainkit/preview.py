@@ -16,7 +16,7 @@ OWN_ROOT_KEYS = ("out", "n")
 
 def check_preview(cfg: DictConfig) -> None:
     """preview's own keys: a number of images, and a PNG path whose folder can be made."""
-    from trainkit.preflight import refuse_unwritable
+    from trainkit.run_folder import refuse_unwritable
 
     if not isinstance(cfg.n, int) or isinstance(cfg.n, bool) or cfg.n < 1:
         raise allowed("n", cfg.n, "a whole number >= 1")
@@ -33,7 +33,7 @@ def write_preview(cfg: DictConfig) -> Path:
     from trainkit.config_check import check_config
     from trainkit.data import build_data
     from trainkit.image_grid import make_grid_with_labels
-    from trainkit.progress import console
+    from trainkit.console import console
 
     check_config(cfg, own_root_keys=OWN_ROOT_KEYS)  # the same checks as `trainkit train`: a misspelt key fails here too
     check_preview(cfg)

@@ -15,9 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.optim import lr_scheduler as sched
 
+from trainkit.config_check import OWN_KEYS
 from trainkit.errors import UserError, allowed
 
-WARMUP_KEYS = ("warmup_epochs", "warmup_steps", "warmup_start_factor")
+WARMUP_KEYS = OWN_KEYS["schedule"]
 
 
 @dataclass

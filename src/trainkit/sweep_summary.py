@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from trainkit import metrics as M
-from trainkit.progress import console
+from trainkit.console import console
 from trainkit.run_record import RunRecord
 from trainkit.status import Status
 

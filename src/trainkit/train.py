@@ -24,6 +24,7 @@ from trainkit.atomic import StorageError
 from trainkit.errors import USER_ERROR_EXIT_CODE, allowed, user_error_in
 from trainkit.metrics import resolve_mode
 from trainkit.resume import CHECKPOINT_DIR, LAST_NAME, run_folder_of
+from trainkit.run_folder import remove_if_empty_run
 from trainkit.run_record import RunRecord
 from trainkit.status import Status
 
@@ -40,17 +41,6 @@ log = logging.getLogger("trainkit")
 INTERRUPTED_EXIT_CODE = 130
 DIVERGED_EXIT_CODE = 3
 STORAGE_ERROR_EXIT_CODE = 74  # EX_IOERR (sysexits.h): a checkpoint or record could not be written
-
-
-def build_model(cfg: DictConfig, spec, dropout: float) -> nn.Module:
-    return instantiate(cfg.init)(build_network(cfg, spec, dropout))
-
-
-def build_network(cfg: DictConfig, spec, dropout: float) -> nn.Module:
-    """The model's layers, before the init scheme sets their weights."""
-    factory = instantiate(cfg.model)
-    return factory(in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes,
-                   norm=instantiate(cfg.norm), activation=instantiate(cfg.activation), dropout=dropout)
 
 
 def monitor_mode(cfg: DictConfig) -> str:
@@ -95,8 +85,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
 
     from trainkit.checkpoints import load_checkpoint
     from trainkit.config_check import check_config
-    from trainkit.preflight import refuse_used_run_dir
-    from trainkit.progress import report
+    from trainkit.run_folder import refuse_used_run_dir
+    from trainkit.console import report
     from trainkit.run_lock import RunLock
 
     # One process per run folder: a second resume of a live run is refused. The `trainkit` command
@@ -144,6 +134,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
     from torch import nn
 
+    from trainkit.assembly import build_model
     from trainkit.checkpoints import load_model_state
     from trainkit.config_check import config_hash
     from trainkit.data import build_data
@@ -151,7 +142,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.interrupts import StopRequest
     from trainkit.loop import Trainer, steps_per_epoch
     from trainkit.optimizers import build_optimizer, needs_closure
-    from trainkit.progress import report
+    from trainkit.console import report
     from trainkit.regularization import Regularizers
     from trainkit.schedules import build_schedule
     from trainkit.seeding import seed_everything
@@ -209,7 +200,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     from rich.markup import escape
 
     from trainkit.overfit import memorisation_verdict
-    from trainkit.progress import report, report_results
+    from trainkit.console import report, report_results
 
     callbacks = trainer.callbacks
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
@@ -287,24 +278,6 @@ class RunEnded(Exception):
         self.code, self.status = code, status
 
 
-def remove_if_empty_run(run_dir: Path) -> None:
-    """A run that failed before training leaves no folder of half results behind."""
-    import shutil
-
-    from trainkit.run_lock import is_locked
-
-    if is_locked(run_dir):  # another process is starting a run there: not ours to remove
-        return
-    leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
-    if leftovers <= {".hydra", "train.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in list(run_dir.parents)[:2]:  # outputs/runs and outputs, when nothing else is in them
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-
-
 @hydra.main(version_base=None, config_path="pkg://trainkit.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     started = time.time()
@@ -319,7 +292,7 @@ def main(cfg: DictConfig) -> float:
             stop_sweep(run_dir)
         raise SystemExit(e.code) from None
     except KeyboardInterrupt:  # before the loop's own handler was installed, or after it
-        from trainkit.progress import report
+        from trainkit.console import report
 
         if not continues_run_in(cfg, run_dir):
             remove_if_empty_run(run_dir)
@@ -365,7 +338,7 @@ def crashed(run_dir: Path, error: Exception, in_sweep: bool) -> float:
 
 
 def stop_sweep(run_dir: Path) -> None:
-    from trainkit.progress import report
+    from trainkit.console import report
     from trainkit.sweep_summary import write_summary
 
     report("the sweep stops here: the jobs after this one are not started", error=True)
@@ -375,7 +348,7 @@ def stop_sweep(run_dir: Path) -> None:
 def mark_failed(run_dir: Path, message: str, say: bool = True) -> None:
     from rich.markup import escape
 
-    from trainkit.progress import report
+    from trainkit.console import report
 
     previous = RunRecord.read(run_dir) or {}
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,22 @@
+"""The model a config describes: its layers from model, norm and activation, then its init scheme."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def build_model(cfg: DictConfig, spec, dropout: float) -> nn.Module:
+    return instantiate(cfg.init)(build_network(cfg, spec, dropout))
+
+
+def build_network(cfg: DictConfig, spec, dropout: float) -> nn.Module:
+    """The model's layers, before the init scheme sets their weights."""
+    factory = instantiate(cfg.model)
+    return factory(in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes,
+                   norm=instantiate(cfg.norm), activation=instantiate(cfg.activation), dropout=dropout)
