@@ -26,8 +26,8 @@ from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-import trainkit.data as data_module
-from trainkit.data import build_data
+import trainkit.data.build as data_module
+from trainkit.data.build import build_data
 from trainkit.errors import UserError
 
 # What a combination the script cannot run raises: trainkit's refusals and Hydra's "no such option".

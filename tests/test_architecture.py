@@ -15,11 +15,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 
-from trainkit.config_check import check_config
-from trainkit.datasets import load_digits_arrays
+from trainkit.config.check import check_config
+from trainkit.data.datasets import load_digits_arrays
 from trainkit.errors import UserError
-from trainkit.initialization import KaimingInit, TruncatedNormalInit, XavierInit
-from trainkit.normalization import Normalization
+from trainkit.components.initialization import KaimingInit, TruncatedNormalInit, XavierInit
+from trainkit.components.normalization import Normalization
 
 MODELS = ("mlp", "cnn", "resnet")
 NORMS = ("batch", "layer", "instance", "group", "none", "weight", "spectral")

@@ -15,10 +15,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from trainkit.augmentation import augment, build_pipeline, check_transform
-from trainkit.data import build_data, check_pipeline_output
-from trainkit.sources import DataSpec
-from trainkit.device_loader import NotBatchable, apply_ops, batched_ops
+from trainkit.data.augmentation import augment, build_pipeline, check_transform
+from trainkit.data.build import build_data, check_pipeline_output
+from trainkit.data.sources import DataSpec
+from trainkit.data.device_loader import NotBatchable, apply_ops, batched_ops
 from trainkit.errors import UserError
 
 PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "augmentation").glob("*.yaml"))

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import run_trainkit
-from trainkit.checkpoints import FORMAT
+from trainkit.engine.checkpoints import FORMAT
 
 OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
 

@@ -23,9 +23,9 @@ import torch
 
 from conftest import run_trainkit
 from trainkit.atomic import atomic_write_text
-from trainkit.checkpoints import FORMAT, load_checkpoint, save_checkpoint
+from trainkit.engine.checkpoints import FORMAT, load_checkpoint, save_checkpoint
 from trainkit.errors import UserError
-from trainkit.seeding import capture_rng_states
+from trainkit.engine.seeding import capture_rng_states
 
 CORRUPT = "truncated or corrupt, not a readable torch file"
 
@@ -70,7 +70,7 @@ def test_kill_during_a_write_leaves_the_previous_checkpoint_intact_and_the_next_
     torch.save(complete_payload(1), tmp_path / "base.pt")
     writer = textwrap.dedent(f"""
         import torch
-        from trainkit.checkpoints import save_checkpoint
+        from trainkit.engine.checkpoints import save_checkpoint
         payload = torch.load({str(tmp_path / 'base.pt')!r}, weights_only=True)
         save_checkpoint({str(path)!r}, payload)
         print("first saved", flush=True)
@@ -227,7 +227,7 @@ def test_foreign_file_is_not_a_trainkit_checkpoint(tmp_path):
 
 
 def test_shape_mismatch_names_the_tensors(tmp_path):
-    from trainkit.checkpoints import load_model_state
+    from trainkit.engine.checkpoints import load_model_state
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     state = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, 2)).state_dict()

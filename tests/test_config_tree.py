@@ -11,13 +11,13 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from trainkit.config_check import check_config
-from trainkit.sources import DataSpec
+from trainkit.config.check import check_config
+from trainkit.data.sources import DataSpec
 from trainkit.metrics import resolve_mode
-from trainkit.optimizers import build_optimizer
-from trainkit.regularization import Regularizers
-from trainkit.schedules import build_schedule
-from trainkit.assembly import build_model
+from trainkit.components.optimizers import build_optimizer
+from trainkit.components.regularization import Regularizers
+from trainkit.components.schedules import build_schedule
+from trainkit.components.assembly import build_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = ("dataset", "augmentation", "model", "norm", "activation", "init", "optimizer", "schedule", "regularization",

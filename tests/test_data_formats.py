@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
-from trainkit.datasets import build_splits
-from trainkit.stats import channel_stats
+from trainkit.data.datasets import build_splits
+from trainkit.data.stats import channel_stats
 from trainkit.errors import UserError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -240,7 +240,7 @@ MODES = ["L", "LA", "RGB", "RGBA", "P", "1", "I;16", "I", "I (16-bit PGM)", "F",
 @pytest.mark.parametrize("channels", [3, 1])
 @pytest.mark.parametrize("mode", MODES)
 def test_every_pil_mode_is_read_with_its_pixel_values(tmp_path, mode, channels):
-    from trainkit.imagefolder import read_image
+    from trainkit.data.imagefolder import read_image
 
     path, rgb = write_mode(tmp_path / "image", mode)
     pixels = read_image(path, size=2, channels=channels, resize="center_crop")
@@ -275,7 +275,7 @@ def test_a_16_bit_grey_image_folder_is_not_white(tmp_path):
 def test_a_float_image_outside_0_1_is_refused_not_clipped(tmp_path, pixels, expected):
     from PIL import Image
 
-    from trainkit.imagefolder import read_image
+    from trainkit.data.imagefolder import read_image
 
     im = Image.new("F", (2, 2))
     im.putdata(pixels)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from trainkit.data import build_data
-from trainkit.sources import ArraySource
-from trainkit.loaders import WorkerLoader, default_workers
+from trainkit.data.build import build_data
+from trainkit.data.sources import ArraySource
+from trainkit.data.loaders import WorkerLoader, default_workers
 
 CPU = torch.device("cpu")
 

@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import SHARED_DATA, require_shared
-from trainkit.datasets import build_splits
-from trainkit.stats import channel_stats
+from trainkit.data.datasets import build_splits
+from trainkit.data.stats import channel_stats
 from trainkit.errors import UserError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -92,7 +92,7 @@ def test_missing_files_is_one_clear_line(tmp_path):
 def test_missing_files_cli_prints_no_traceback(tmp_path):
     argv = ["trainkit preview", "dataset=fashion_mnist", f"dataset.data_dir={tmp_path}", "dataset.download=false",
             f"out={tmp_path / 'p.png'}"]
-    code = f"import sys; sys.argv={argv!r}; from trainkit.preview import main; main()"
+    code = f"import sys; sys.argv={argv!r}; from trainkit.cli.preview import main; main()"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     out = result.stdout + result.stderr
     assert result.returncode == 2, out
@@ -139,8 +139,8 @@ def test_imagefolder_cifar_subset(cifar_folder):
 
 
 def test_imagefolder_trains_a_few_steps(cifar_folder):
-    from trainkit.data import build_data
-    from trainkit.models import SmallCNN
+    from trainkit.data.build import build_data
+    from trainkit.components.models import SmallCNN
 
     cfg, _, cache = cifar_folder
     cfg = config("dataset=imagefolder", f"dataset.root={cfg.dataset.root}", f"dataset.cache_dir={cache}",
@@ -320,7 +320,7 @@ def test_an_image_folder_of_one_class_is_refused(tmp_path):
 def test_an_image_size_beyond_memory_is_refused_before_allocating(tmp_path):
     """Before: a MemoryError after trying to allocate terabytes (the pre-run model check was skipped
     for imagefolder, whose num_classes is null until the folders are counted)."""
-    from trainkit.preflight import compose_checked
+    from trainkit.cli.preflight import compose_checked
 
     tree(tmp_path / "imgs", {"a": 10, "b": 10})
     message = refused(["dataset=imagefolder", "dataset.root=imgs", "dataset.image_size=100000"], tmp_path)
@@ -398,7 +398,7 @@ def test_num_classes_must_cover_the_labels():
 ])
 def test_mean_and_std_are_checked_before_the_run(key, value):
     """A zero std used to end as 'diverged ... lower optimizer.lr'; one in 0..255 units would train silently badly."""
-    from trainkit.config_check import check_config
+    from trainkit.config.check import check_config
 
     what = {"std": "one number in (0, 1] per channel", "mean": "one number in [0, 1] per channel"}[key]
     with pytest.raises(UserError, match=rf"^dataset.{key}=.* is not allowed: null or {re.escape(what)}, for pixels scaled "

@@ -11,11 +11,11 @@ import torch
 
 from conftest import run_trainkit
 from trainkit import metrics as M
-from trainkit.overfit import MEMORISED_LOSS, memorisation_verdict
+from trainkit.data.overfit import MEMORISED_LOSS, memorisation_verdict
 
 
 def test_overfit_trains_on_the_same_images_every_epoch(compose_train):
-    from trainkit.data import build_data
+    from trainkit.data.build import build_data
 
     cfg = compose_train("debug=overfit")
     data = build_data(cfg, torch.device("cpu"))

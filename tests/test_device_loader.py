@@ -8,13 +8,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-import trainkit.data as data_module
-from trainkit.augmentation import augment, build_pipeline
-from trainkit.data import build_data
-from trainkit.sources import ArraySource
-from trainkit.device_loader import DeviceLoader, apply_ops, batched_ops
+import trainkit.data.build as data_module
+from trainkit.data.augmentation import augment, build_pipeline
+from trainkit.data.build import build_data
+from trainkit.data.sources import ArraySource
+from trainkit.data.device_loader import DeviceLoader, apply_ops, batched_ops
 from trainkit.errors import UserError
-from trainkit.loaders import WorkerLoader
+from trainkit.data.loaders import WorkerLoader
 
 CPU = torch.device("cpu")
 
@@ -265,7 +265,7 @@ def test_deterministic_ops_match_exactly(border_mode):
 
 
 def test_unbatchable_settings_are_named():
-    from trainkit.device_loader import NotBatchable
+    from trainkit.data.device_loader import NotBatchable
 
     for t, words in ((A.Pad(padding=2, border_mode=3), "border_mode"), (A.RandomCrop(4, 4, p=0.5), "p=0.5"),
                      (A.CoarseDropout(fill="random"), "fill"), (A.Blur(), "Blur")):

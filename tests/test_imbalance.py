@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from scipy.stats import chisquare
 
-from trainkit.augmentation import build_pipeline
-from trainkit.data import build_data
-from trainkit.datasets import load_digits_arrays
-from trainkit.sources import ArraySource
-from trainkit.device_loader import DeviceLoader
-from trainkit.loaders import EpochSampler, WorkerLoader, class_weights
+from trainkit.data.augmentation import build_pipeline
+from trainkit.data.build import build_data
+from trainkit.data.datasets import load_digits_arrays
+from trainkit.data.sources import ArraySource
+from trainkit.data.device_loader import DeviceLoader
+from trainkit.data.loaders import EpochSampler, WorkerLoader, class_weights
 
 C = 10
 COUNTS = np.array([160, 120, 80, 60, 40, 30, 20, 15, 10, 5])  # 32:1 between the commonest and the rarest class

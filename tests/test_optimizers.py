@@ -14,9 +14,9 @@ from torch import nn
 
 import trainkit.configs
 from trainkit.errors import UserError
-from trainkit.lookahead import Lookahead
-from trainkit.optimizers import build_optimizer, needs_closure
-from trainkit.schedules import build_schedule
+from trainkit.components.lookahead import Lookahead
+from trainkit.components.optimizers import build_optimizer, needs_closure
+from trainkit.components.schedules import build_schedule
 
 CONFIGS = Path(trainkit.configs.__file__).parent
 OPTIMIZERS = sorted(p.stem for p in (CONFIGS / "optimizer").glob("*.yaml"))
@@ -290,11 +290,11 @@ def test_lbfgs_preset_is_full_batch_constant_lr_and_keeps_its_knobs_under_optimi
     # train.yaml lists trainer and schedule before optimizer, so that optimizer/lbfgs.yaml can set them.
     cfg = compose_train("optimizer=lbfgs")
     assert cfg.trainer.batch_size >= 100_000
-    assert cfg.schedule._target_ == "trainkit.schedules.constant"
+    assert cfg.schedule._target_ == "trainkit.components.schedules.constant"
     assert cfg.optimizer._target_ == "torch.optim.LBFGS" and cfg.optimizer.lr == 1.0
     assert cfg.optimizer.line_search_fn == "strong_wolfe"
     assert cfg.augmentation.train in (None, [], {}) or len(cfg.augmentation.train) == 0
-    assert compose_train("optimizer=lbfgs", "schedule=cosine").schedule._target_ == "trainkit.schedules.cosine"
+    assert compose_train("optimizer=lbfgs", "schedule=cosine").schedule._target_ == "trainkit.components.schedules.cosine"
 
 
 def test_lbfgs_refuses_optimizer_coupled_weight_decay(compose_train):
@@ -356,7 +356,7 @@ def test_l2_in_the_loss_turns_the_optimizers_decay_off(compose_train):
 
 
 def test_weight_norm_gains_are_exempt_like_norm_weights(compose_train):
-    from trainkit.normalization import Normalization
+    from trainkit.components.normalization import Normalization
 
     model = nn.Sequential(Normalization("weight").wrap(nn.Linear(6, 4)))
     cfg = compose_train("optimizer=sgd", "regularization=l2", "regularization.l2.weight_decay=0.1")

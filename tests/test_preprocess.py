@@ -8,10 +8,10 @@ import torch
 from hydra import compose, initialize_config_module
 
 from conftest import SHARED_DATA, require_shared
-from trainkit.data import build_data
-from trainkit.datasets import build_splits
+from trainkit.data.build import build_data
+from trainkit.data.datasets import build_splits
 from trainkit.errors import UserError
-from trainkit.preprocess import Preprocess, fit_zca
+from trainkit.data.preprocess import Preprocess, fit_zca
 
 
 def config(*overrides: str):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import run_trainkit
-from trainkit.image_grid import make_grid_with_labels
+from trainkit.data.image_grid import make_grid_with_labels
 
 OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
 

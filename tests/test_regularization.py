@@ -15,13 +15,13 @@ from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
 
-from trainkit.datasets import load_digits_arrays
-from trainkit.early_stopping import EarlyStopping
+from trainkit.data.datasets import load_digits_arrays
+from trainkit.engine.callbacks.early_stopping import EarlyStopping
 from trainkit.errors import UserError
-from trainkit.normalization import Normalization
-from trainkit.optimizers import build_optimizer
-from trainkit.regularization import Regularizers
-from trainkit.seeding import capture_rng_states, restore_rng_states
+from trainkit.components.normalization import Normalization
+from trainkit.components.optimizers import build_optimizer
+from trainkit.components.regularization import Regularizers
+from trainkit.engine.seeding import capture_rng_states, restore_rng_states
 
 
 def compose_train(*overrides: str):
@@ -288,7 +288,7 @@ def test_grad_clip_by_value_clamps_each_element():
 @pytest.mark.parametrize("norm_type", [math.inf, "inf"], ids=["command line (float)", "yaml (string)"])
 def test_grad_clip_by_the_max_norm(norm_type):
     """norm_type inf, as configs/regularization/grad_clip.yaml documents it: ||g||_inf is the largest |element|."""
-    from trainkit.config_check import check_config
+    from trainkit.config.check import check_config
 
     cfg = compose_train("regularization=[grad_clip]", "regularization.grad_clip.max_norm=0.5")
     cfg.regularization.grad_clip.norm_type = norm_type  # Hydra parses inf as a float; YAML's inf is a string
@@ -305,7 +305,7 @@ def test_grad_clip_by_the_max_norm(norm_type):
 
 @pytest.mark.parametrize("norm_type", [0, -1.0, "infinity", math.nan])
 def test_grad_clip_norm_type_must_be_positive_or_inf(norm_type):
-    from trainkit.config_check import check_config
+    from trainkit.config.check import check_config
 
     cfg = compose_train("regularization=[grad_clip]")
     cfg.regularization.grad_clip.norm_type = norm_type

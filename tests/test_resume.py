@@ -179,8 +179,8 @@ def test_a_run_still_training_cannot_be_resumed_by_a_second_process(tmp_path):
 
 
 def test_resume_auto_skips_a_run_another_process_holds(tmp_path):
-    from trainkit.resume import find_resumable
-    from trainkit.run_lock import RunLock
+    from trainkit.run.resume import find_resumable
+    from trainkit.run.run_lock import RunLock
 
     run_dir = tmp_path / "runs" / "a"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -240,8 +240,8 @@ def test_targets_from_a_run_folder_must_be_classes_trainkit_builds_or_typed_by_t
     """Real Hydra composition: torch.nn.Hardswish (a module class) may come from a folder;
     builtins.print and torch.hub.load (functions) only when the user types them."""
     from trainkit.errors import UserError
-    from trainkit.preflight import ConfigSources
-    from trainkit.trust import FolderSettings, check_folder_settings
+    from trainkit.cli.preflight import ConfigSources
+    from trainkit.cli.trust import FolderSettings, check_folder_settings
 
     def check(folder_line: str, typed: tuple[str, ...] = ()) -> None:
         overrides = ["model=mlp", folder_line, *typed]
@@ -260,7 +260,7 @@ def test_targets_from_a_run_folder_must_be_classes_trainkit_builds_or_typed_by_t
 @pytest.mark.parametrize("value", ["a b", "runs_é/r1", "it's", 'say "hi"', "back\\slash", "trail\\", "q\\'", "${oc.env:HOME}",
                                    "\\${x}", "a=b,c [x] {y}:", "~/x 100%", "'", ""])
 def test_paths_are_handed_to_hydra_quoted_and_read_back_exactly(compose_train, value):
-    from trainkit.preflight import hydra_quoted
+    from trainkit.cli.preflight import hydra_quoted
 
     assert compose_train(f"+probe={hydra_quoted(value)}").probe == value
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from trainkit.errors import UserError
-from trainkit.run_lock import RunLock, is_locked
+from trainkit.run.run_lock import RunLock, is_locked
 
 
 def start_holder(run_dir: Path, body: str = "time.sleep(120)") -> subprocess.Popen:
     """A real second process that takes the run's lock, says so, then runs `body`."""
     script = textwrap.dedent(f"""
         import os, sys, time
-        from trainkit.run_lock import RunLock
+        from trainkit.run.run_lock import RunLock
         with RunLock({str(run_dir)!r}):
             print("locked", flush=True)
     """) + textwrap.indent(textwrap.dedent(body), "    ")
@@ -96,7 +96,7 @@ def test_the_lock_is_held_for_the_life_of_the_with_block(run_dir):
     lock = RunLock(run_dir)
     with lock:
         assert lock.acquire() is lock  # already held: a no-op, not a refusal of itself
-        probe_code = f"from trainkit.run_lock import is_locked; print(is_locked({str(run_dir)!r}))"
+        probe_code = f"from trainkit.run.run_lock import is_locked; print(is_locked({str(run_dir)!r}))"
         probe = subprocess.run([sys.executable, "-c", probe_code], capture_output=True, text=True, check=True)
         assert probe.stdout.strip() == "True"
         with pytest.raises(UserError) as err:
@@ -179,7 +179,7 @@ def test_of_two_sweeps_started_at_once_into_one_folder_the_loser_writes_nothing(
 def test_a_claimed_folder_is_taken_over_by_the_runs_own_lock_in_the_same_process(run_dir):
     """The CLI claims the folder before Hydra starts; the run's RunLock in the same process takes the
     claim over instead of refusing itself (flock on a second descriptor would conflict)."""
-    from trainkit.run_lock import claim
+    from trainkit.run.run_lock import claim
 
     claimed = claim(run_dir)
     assert is_locked(run_dir)
@@ -193,7 +193,7 @@ def test_a_claimed_folder_is_taken_over_by_the_runs_own_lock_in_the_same_process
 
 
 def test_a_claim_refused_by_its_check_leaves_no_folder_behind(tmp_path):
-    from trainkit.run_lock import claim
+    from trainkit.run.run_lock import claim
 
     def used():
         raise UserError("already holds a run")

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import trainkit.configs
 from trainkit.errors import UserError
-from trainkit.schedules import build_schedule
+from trainkit.components.schedules import build_schedule
 
 CONFIGS = Path(trainkit.configs.__file__).parent
 SCHEDULES = sorted(p.stem for p in (CONFIGS / "schedule").glob("*.yaml"))

@@ -65,10 +65,10 @@ def test_hparams_are_logged_for_the_hparams_tab(default_run):
 
 
 def test_best_checkpoint_reproduces_its_validation_accuracy(default_run):
-    from trainkit.checkpoints import load_checkpoint
-    from trainkit.data import build_data
-    from trainkit.loop import evaluate
-    from trainkit.assembly import build_model
+    from trainkit.engine.checkpoints import load_checkpoint
+    from trainkit.data.build import build_data
+    from trainkit.engine.loop import evaluate
+    from trainkit.components.assembly import build_model
 
     _, run_dir, _ = default_run
     payload = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)  # plain data, no code
@@ -265,7 +265,7 @@ def test_checking_a_config_imports_no_torch(tmp_path, args, code):
 
     program = ("import atexit, sys\n"
                f"atexit.register(lambda: print('imported:', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
-               f"from trainkit.cli import main\nmain({args!r})")
+               f"from trainkit.cli.main import main\nmain({args!r})")
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == code, result.stdout + result.stderr
     assert result.stderr.splitlines()[-1] == "imported: []"
@@ -339,8 +339,8 @@ def test_a_broken_option_of_ones_own_is_blamed_on_its_group(tmp_path, group, opt
 
 
 def test_the_largest_allowed_seed_is_the_loaders_real_limit():
-    from trainkit.config_check import SEED_MAX
-    from trainkit.loaders import epoch_generator
+    from trainkit.config.check import SEED_MAX
+    from trainkit.data.loaders import epoch_generator
 
     epoch_generator(SEED_MAX, 10**6)  # a million epochs still fit torch's 64-bit seed
     with pytest.raises((ValueError, OverflowError, RuntimeError)):

@@ -1,3 +1,3 @@
-from trainkit.cli import main
+from trainkit.cli.main import main
 
 main()

@@ -1,0 +1,1 @@
+"""From image files to device batches: datasets, splits, augmentation, preprocessing, loaders. Never imports components."""

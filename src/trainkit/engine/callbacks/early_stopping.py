@@ -1,0 +1,59 @@
+"""EarlyStopping: end the run when the monitored metric stops improving.
+
+Own code (torch has no training loop, so no early stopping); the improvement test is the one
+BestCheckpoint uses, so 'improved' means the same thing to both."""
+
+from __future__ import annotations
+
+import math
+
+from trainkit import metrics as M
+from trainkit.engine.callbacks.checkpointing import improved
+from trainkit.engine.callbacks.base import Callback
+from trainkit.errors import allowed
+
+
+class EarlyStopping(Callback):
+    """Sets `trainer.should_stop` once `monitor` has not improved by more than `min_delta`
+    for `patience` epochs in a row. Built as EarlyStopping(**cfg.regularization.early_stopping)."""
+
+    def __init__(self, monitor: str = M.VAL_ACC, mode: str = "auto", patience: int = 5, min_delta: float = 0.0):
+        if monitor not in M.MONITORABLE:
+            raise allowed("regularization.early_stopping.monitor", monitor, ", ".join(M.MONITORABLE))
+        if mode not in M.MODES:
+            raise allowed("regularization.early_stopping.mode", mode, "auto, max or min")
+        mode = M.resolve_mode(monitor, mode)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise allowed("regularization.early_stopping.patience", patience, "a whole number of epochs >= 1")
+        if not (isinstance(min_delta, (int, float)) and min_delta >= 0 and not math.isnan(min_delta)):
+            raise allowed("regularization.early_stopping.min_delta", min_delta, "a number >= 0")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0  # epochs since the last improvement
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        value = metrics.get(self.monitor)
+        if improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch, self.wait = float(value), trainer.epoch, 0
+            return
+        self.wait += 1  # a NaN or missing value counts as no improvement
+        if self.wait >= self.patience:
+            self.stopped_epoch = trainer.epoch
+            trainer.should_stop = True
+
+    @property
+    def reason(self) -> str | None:
+        """One line for the run's summary, once it has stopped the run."""
+        if self.stopped_epoch is None:
+            return None
+        return (f"early stopping after epoch {self.stopped_epoch}: {self.monitor} did not improve by more than "
+                f"{self.min_delta:g} for {self.patience} epochs (best {self.best:.4g} at epoch {self.best_epoch})")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]

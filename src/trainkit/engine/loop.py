@@ -1,0 +1,270 @@
+"""The training loop: sample, forward, loss, backward, step; evaluate; callbacks for the rest."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+
+from trainkit import metrics as M
+from trainkit.engine.devices import autocast
+from trainkit.components.optimizers import needs_closure
+from trainkit.engine.seeding import capture_rng_states, restore_rng_states
+from trainkit.status import Status
+
+
+def steps_per_epoch(train_loader, limit_train_batches: int | None) -> int:
+    return min(len(train_loader), limit_train_batches or len(train_loader))
+
+
+def epochs_to_run(epochs: int, fast_dev_run: bool) -> int:
+    """trainer.fast_dev_run (debug=fast), like Lightning's: one epoch, whatever trainer.epochs says."""
+    return 1 if fast_dev_run else epochs
+
+
+class Diverged(Exception):
+    """The loss became NaN or Inf."""
+
+
+class Trainer:
+    def __init__(self, *, model, optimizer, schedule, criterion, regularizers, data, device, amp_dtype,
+                 callbacks: dict, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
+                 limit_train_batches: int | None = None, limit_val_batches: int | None = None,
+                 limit_test_batches: int | None = None, stop_request=None, config: dict | None = None,
+                 fast_dev_run: bool = False):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.criterion, self.regularizers, self.data = criterion, regularizers, data
+        self.device, self.amp_dtype = device, amp_dtype
+        self.callbacks = callbacks
+        self.epochs, self.monitor, self.on_nan = epochs_to_run(epochs, fast_dev_run), monitor, on_nan
+        self.check_every = max(1, int(log_every_n_steps))
+        self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches
+        self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)
+        self.stop_request, self.config = stop_request, config or {}
+        # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.uses_closure = needs_closure(optimizer)
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.should_stop = False
+        self.last_metrics: dict = {}
+        self.last_batch_size = 0
+        self.step_lr = float(optimizer.param_groups[0]["lr"])  # the LR the latest step used (the logs show this)
+        self.message: str | None = None
+        self.skipped_steps = 0  # on_nan=skip: steps whose update was dropped
+        self._reset_running()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self) -> Status:
+        """Train until `epochs`, early stopping, an interrupt or divergence; returns the status."""
+        status = Status.COMPLETED
+        for cb in self.callbacks.values():
+            cb.on_fit_start(self)
+        try:
+            while self.epoch < self.epochs and not self.should_stop:
+                train_metrics = self.train_one_epoch()
+                if self.interrupted and self.batch_in_epoch < self.steps_per_epoch:
+                    status = Status.INTERRUPTED  # mid-epoch: last.pt records the step; a full epoch is validated first
+                    break
+                val_metrics = self.evaluate(self.data.val, "val", self.limit_val_batches)
+                metrics = {**train_metrics, **val_metrics}
+                self.schedule.step_epoch(metrics.get(self.monitor))
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.last_metrics = metrics
+                for cb in self.callbacks.values():
+                    cb.on_epoch_end(self, metrics)
+                if self.interrupted:
+                    status = Status.INTERRUPTED
+                    break
+        except Diverged as e:
+            status, self.message = Status.DIVERGED, str(e)
+        except BaseException:
+            status = Status.CRASHED
+            raise
+        finally:
+            for cb in self.callbacks.values():
+                cb.on_fit_end(self, status)
+        return status
+
+    def train_one_epoch(self) -> dict:
+        self.model.train()
+        self.data.train.set_epoch(self.epoch)
+        if self.batch_in_epoch:
+            self.data.train.skip_batches(self.batch_in_epoch)
+        else:
+            self._reset_running()
+        if self.batch_in_epoch >= self.steps_per_epoch:  # resumed after the epoch's last step: validation is left
+            loss_avg, acc = self.running_train_metrics()
+            return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
+        for images, labels in self.data.train:
+            images, labels = self.data.to_device(images, labels)
+            loss = self.training_step(images, labels)
+            self.global_step += 1
+            self.batch_in_epoch += 1
+            for cb in self.callbacks.values():
+                cb.on_step_end(self, loss)
+            if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
+                break
+        self._check_finite()
+        if self._count == 0 and self._skipped_in_epoch:
+            raise Diverged(f"every step of epoch {self.epoch + 1} had a non-finite loss ({self._skipped_in_epoch} skipped); "
+                           "lower optimizer.lr or add regularization=[grad_clip]")
+        loss_avg, acc = self.running_train_metrics()
+        return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.step_lr = float(self.optimizer.param_groups[0]["lr"])  # before the schedule moves it on
+        images, targets = self.regularizers.mix(images, labels)
+        if self.uses_closure:
+            return self.closure_step(images, targets, labels)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(images)
+            loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
+        if self.on_nan == "skip" and not torch.isfinite(loss):  # a host sync per step, only in this mode
+            self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.step_batch()  # the schedule's clock stays with the step count
+            self.skipped_steps += 1
+            self._skipped_in_epoch += 1
+            return loss.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self.regularizers.clip_gradients(self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step_batch()
+        self._accumulate(loss.detach(), logits.detach(), labels)
+        return loss.detach()
+
+    def closure_step(self, images, targets, labels) -> torch.Tensor:
+        """L-BFGS evaluates the loss several times per step through a closure."""
+        first: dict = {}
+
+        def closure():
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.model(images)
+            loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
+            loss.backward()
+            self.regularizers.clip_gradients(self.model)
+            first.setdefault("loss", loss.detach())
+            first.setdefault("logits", logits.detach())
+            return loss
+
+        self.optimizer.step(closure)
+        self.schedule.step_batch()
+        self._accumulate(first["loss"], first["logits"], labels)
+        return first["loss"]
+
+    def evaluate(self, loader, prefix: str, limit: int | None = None) -> dict:
+        return evaluate(self.model, loader, self.data.to_device, self.device, self.amp_dtype, prefix, limit)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.stop_request and self.stop_request.requested)
+
+    def _reset_running(self) -> None:
+        self._loss_sum = torch.zeros((), dtype=torch.float64)
+        self._correct = torch.zeros((), dtype=torch.long)
+        self._count = 0
+        self._skipped_in_epoch = 0
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_steps: list[int] = []
+
+    def _accumulate(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        # Kept on the device and summed lazily: no host sync per step.
+        n = labels.numel()
+        self._pending_losses.append(loss.float() * n)
+        self._pending_steps.append(self.global_step + 1)  # this step's number; global_step counts it after
+        self._correct = self._correct.to(labels.device, non_blocking=True) + (logits.argmax(1) == labels).sum()
+        self._count += n
+        self.last_batch_size = n
+        if len(self._pending_losses) >= self.check_every:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Stop on a NaN/Inf loss, naming the first bad step (checked every few steps)."""
+        if not self._pending_losses:
+            return
+        losses = torch.stack(self._pending_losses)
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            first_bad = int((~finite).nonzero()[0, 0])
+            step = self._pending_steps[first_bad]
+            self._pending_losses, self._pending_steps = [], []
+            raise Diverged(f"the training loss became {float(losses[first_bad]):.4g} at step {step} (epoch {self.epoch + 1}); "
+                           "lower optimizer.lr, add regularization=[grad_clip], or set trainer.on_nan=skip")
+        self._loss_sum = self._loss_sum + losses.sum().double().cpu()
+        self._pending_losses, self._pending_steps = [], []
+
+    def running_train_metrics(self) -> tuple[float, float]:
+        """Mean loss and accuracy of the epoch's steps so far (nan before any step counted)."""
+        self._check_finite()
+        if not self._count:
+            return float("nan"), float("nan")
+        return float(self._loss_sum) / self._count, float(self._correct) / self._count
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_payload(self, metrics: dict) -> dict:
+        self._check_finite()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count,
+                        "skipped_in_epoch": self._skipped_in_epoch},
+            "skipped_steps": self.skipped_steps,
+            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
+            "rng": capture_rng_states(self.device),
+            "should_stop": self.should_stop,
+            "metrics": dict(metrics),
+            "config": self.config,
+            "data_spec": asdict(self.data.spec),  # the model's sizes, so a resume can check the fit up front
+            "preprocess": self.data.preprocess.state_dict(),  # the input transform (e.g. a fitted ZCA matrix)
+        }
+
+    def restore(self, payload: dict) -> None:
+        """Continue exactly where `payload` (from checkpoint_payload) left off."""
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        if payload["scaler"]:  # empty when the run had no loss scaling (fp32, bf16)
+            self.scaler.load_state_dict(payload["scaler"])
+        self.epoch, self.global_step = payload["epoch"], payload["global_step"]
+        self.batch_in_epoch = payload["batch_in_epoch"]
+        self.last_metrics = payload.get("metrics", {})
+        running = payload["running"]
+        self._loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64)
+        self._correct = torch.tensor(running["correct"], dtype=torch.long)
+        self._count = running["count"]
+        self._skipped_in_epoch = running.get("skipped_in_epoch", 0)
+        self.skipped_steps = payload.get("skipped_steps", 0)
+        for name, state in payload["callbacks"].items():
+            if name in self.callbacks:
+                self.callbacks[name].load_state_dict(state)
+        self.should_stop = payload.get("should_stop", False)
+        restore_rng_states(payload["rng"], self.device)
+
+
+@torch.no_grad()
+def evaluate(model, loader, to_device, device, amp_dtype=None, prefix: str = "val", limit: int | None = None) -> dict:
+    """Mean cross-entropy and accuracy of `model` over `loader` (plain CE: no smoothing or class weights)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    for images, labels in itertools.islice(loader, limit):
+        images, labels = to_device(images, labels)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        count += labels.numel()
+    return {f"{prefix}/loss": loss_sum.item() / max(1, count), f"{prefix}/acc": correct.item() / max(1, count)}

@@ -1,0 +1,60 @@
+"""metrics.json: the run's status and results, rewritten atomically as the run goes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from trainkit.atomic import atomic_write_text
+from trainkit.engine.callbacks.base import Callback
+from trainkit.status import Status
+
+
+class RunRecord(Callback):
+    """Also a callback: after every epoch the file shows how far the run got."""
+
+    def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str],
+                 started: float | None = None):
+        self.path = Path(run_dir) / "metrics.json"
+        self.started = time.time() if started is None else started  # wall time counts data loading and set-up too
+        self.data = {
+            "status": Status.RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
+            "final": {}, "test": {}, "epochs_run": 0, "global_step": 0, "wall_time_s": 0.0,
+            "config_hash": config_hash, "overrides": overrides, "message": None, "epoch_seconds": [],
+        }
+        self._epoch_started = time.time()
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict | None:
+        path = Path(run_dir) / "metrics.json"
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def resume_from(self, previous: dict) -> None:
+        self.started -= previous.get("wall_time_s", 0.0)
+        self.data["epoch_seconds"] = list(previous.get("epoch_seconds", []))
+
+    def mark_interrupted(self) -> None:
+        """A second Ctrl-C exits at once; the record still says the run did not complete."""
+        self.update(status=Status.INTERRUPTED, message="stopped by a second signal before last.pt was saved")
+
+    def on_fit_start(self, trainer) -> None:
+        self._epoch_started = time.time()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.data["wall_time_s"] = round(time.time() - self.started, 3)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
+
+    def on_epoch_end(self, trainer, metrics: dict) -> None:
+        best = trainer.callbacks.get("best_checkpoint")
+        now = time.time()
+        self.data["epoch_seconds"].append(round(now - self._epoch_started, 3))  # train + validation
+        self._epoch_started = now
+        self.update(epochs_run=trainer.epoch, global_step=trainer.global_step, final=dict(metrics),
+                    best=getattr(best, "best", None), best_epoch=getattr(best, "best_epoch", None))

@@ -1,0 +1,322 @@
+"""One training run in its folder: build the parts, fit, test the best checkpoint, record how it ended.
+
+`run` returns the best value of the monitored metric, so that Hydra sweepers that optimise
+(Optuna) can use it (cli/train.py is the Hydra app that calls it).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.atomic import StorageError
+from trainkit.errors import allowed
+from trainkit.metrics import resolve_mode
+from trainkit.run.resume import CHECKPOINT_DIR, LAST_NAME, run_folder_of
+from trainkit.run.record import RunRecord
+from trainkit.status import Status
+
+# torch, the data and the loop are imported where a run builds them: `trainkit train --cfg job`,
+# --help and the check of a bad override, which Hydra answers from cli/train.py (importing this module), need none of them.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from trainkit.engine.callbacks.checkpointing import BestCheckpoint
+    from trainkit.engine.loop import Trainer
+
+log = logging.getLogger("trainkit")
+
+INTERRUPTED_EXIT_CODE = 130
+DIVERGED_EXIT_CODE = 3
+STORAGE_ERROR_EXIT_CODE = 74  # EX_IOERR (sysexits.h): a checkpoint or record could not be written
+
+
+def monitor_mode(cfg: DictConfig) -> str:
+    return resolve_mode(cfg.trainer.monitor, cfg.trainer.mode)
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> dict:
+    """The named callbacks, in the order they run at each hook."""
+    from trainkit.engine.callbacks.checkpointing import BestCheckpoint, LastCheckpoint
+    from trainkit.engine.callbacks.progress import ProgressDisplay
+    from trainkit.engine.callbacks.tensorboard import TensorBoardLogger, flat_hparams
+
+    callbacks = {}
+    stopping = (cfg.regularization or {}).get("early_stopping")
+    if stopping is not None:
+        from trainkit.engine.callbacks.early_stopping import EarlyStopping
+
+        callbacks["early_stopping"] = EarlyStopping(**OmegaConf.to_container(stopping, resolve=True))
+    if cfg.logger.tensorboard.enabled:
+        # Before the checkpoints: an epoch's scalars are on disk before last.pt says it is done,
+        # so a kill in between loses nothing (a resume purges what it logs again).
+        callbacks["tensorboard"] = TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
+                                                     cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups()))
+    callbacks["best_checkpoint"] = BestCheckpoint(run_dir / "checkpoints", cfg.trainer.monitor, monitor_mode(cfg))
+    callbacks["last_checkpoint"] = LastCheckpoint(run_dir / "checkpoints")
+    callbacks["progress"] = ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps)
+    return callbacks
+
+
+def chosen_groups() -> dict[str, str]:
+    """The option picked in each group (`optimizer: adam`), or nothing outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    skipped = ("hydra", "logger", "paths")
+    return {group: str(choice) for group, choice in choices.items() if not group.startswith(skipped) and choice is not None}
+
+
+def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
+    """One training run in `run_dir` (its clock started at `started`); returns the best monitored value."""
+    from rich.markup import escape
+
+    from trainkit.engine.checkpoints import load_checkpoint
+    from trainkit.config.check import check_config
+    from trainkit.run.folder import refuse_used_run_dir
+    from trainkit.console import report
+    from trainkit.run.run_lock import RunLock
+
+    # One process per run folder: a second resume of a live run is refused. The `trainkit` command
+    # usually claimed the folder before Hydra wrote into it; this takes the claim over.
+    with RunLock(run_dir):
+        check_config(cfg)
+        resume_payload = load_checkpoint(cfg.resume) if cfg.resume else None
+        in_place = continues_run_in(cfg, run_dir)
+        if not in_place:
+            refuse_used_run_dir(run_dir)
+        origin = run_folder_of(Path(cfg.resume)) if cfg.resume else None
+        if origin is not None and not in_place:
+            report(f"branched from {escape(str(cfg.resume))} (epoch {resume_payload['epoch']}) into {escape(str(run_dir))}; "
+                   f"{escape(str(origin))} is left as it was")
+        trainer, record = build_trainer(cfg, run_dir, resume_payload, started)
+        if resume_payload is not None and not in_place:
+            keep_best_in_new_folder(trainer.callbacks["best_checkpoint"], resume_payload)
+        try:
+            return fit_and_test(cfg, run_dir, trainer, record)
+        finally:
+            if "tensorboard" in trainer.callbacks:
+                trainer.callbacks["tensorboard"].close()
+            trainer.data.close()
+
+
+def continues_run_in(cfg: DictConfig, run_dir: Path) -> bool:
+    """resume= names the last.pt of the run in `run_dir` itself. Any other checkpoint (best.pt, a
+    loose .pt) starts a new folder: continuing an older state in place would move the run back."""
+    return bool(cfg.resume) and Path(cfg.resume).resolve() == (run_dir / CHECKPOINT_DIR / LAST_NAME).resolve()
+
+
+def keep_best_in_new_folder(best: BestCheckpoint, payload: dict) -> None:
+    """A run started from another folder's checkpoint has its own best.pt: the starting weights when
+    they are the best so far (a branch from best.pt), else the best is tracked afresh from here."""
+    from trainkit.engine.checkpoints import save_checkpoint
+
+    if best.best_epoch is not None and best.best_epoch == payload["epoch"]:
+        save_checkpoint(best.path, payload)
+    else:
+        best.best, best.best_epoch = None, None
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
+                  started: float | None = None) -> tuple[Trainer, RunRecord]:
+    """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
+    from torch import nn
+
+    from trainkit.components.assembly import build_model
+    from trainkit.engine.checkpoints import load_model_state
+    from trainkit.config.check import config_hash
+    from trainkit.data.build import build_data
+    from trainkit.engine.devices import resolve_device, resolve_precision
+    from trainkit.engine.interrupts import StopRequest
+    from trainkit.engine.loop import Trainer, steps_per_epoch
+    from trainkit.components.optimizers import build_optimizer, needs_closure
+    from trainkit.console import report
+    from trainkit.components.regularization import Regularizers
+    from trainkit.components.schedules import build_schedule
+    from trainkit.engine.seeding import seed_everything
+
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    seed_everything(int(cfg.trainer.seed))
+
+    data = build_data(cfg, device)
+    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
+    model = build_model(cfg, data.spec, regularizers.dropout).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
+    if needs_closure(optimizer) and steps > 1:
+        raise allowed("trainer.batch_size", cfg.trainer.batch_size,
+                      f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
+                      f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
+    schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
+    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
+
+    callbacks = build_callbacks(cfg, run_dir)
+    record = callbacks["run_record"] = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg),
+                                                 overrides_of_this_job(), started)
+    trainer = Trainer(
+        model=model, optimizer=optimizer, schedule=schedule, criterion=criterion, regularizers=regularizers,
+        data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, epochs=int(cfg.trainer.epochs),
+        monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
+        limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
+        limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
+        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")),
+    )
+    if resume_payload is not None:
+        load_model_state(model, resume_payload["model"], cfg.resume)
+        trainer.restore(resume_payload)
+        record.resume_from(RunRecord.read(run_dir) or {})
+        report(f"resumed from {cfg.resume}: epoch {trainer.epoch}, step {trainer.global_step}")
+
+    report(f"run dir: {run_dir}")
+    precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
+    report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
+           f"{len(data.splits.test)} test; device={device}, {precision}")
+    report(optimizer.weight_decay_summary)
+    if cfg.trainer.get("overfit_batches"):
+        report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
+               f"same {len(data.splits.train)} training images every epoch")
+    if trainer.epochs < cfg.trainer.epochs:
+        report(f"fast dev run (trainer.fast_dev_run=true): {trainer.epochs} epoch, not the {cfg.trainer.epochs} of trainer.epochs")
+    record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
+    return trainer, record
+
+
+def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
+    """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
+    from rich.markup import escape
+
+    from trainkit.data.overfit import memorisation_verdict
+    from trainkit.console import report, report_results
+
+    callbacks = trainer.callbacks
+    with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
+        status = trainer.fit()
+        best = callbacks["best_checkpoint"]
+        stopped_early = getattr(callbacks.get("early_stopping"), "reason", None)
+        summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
+                   "best": best.best, "best_epoch": best.best_epoch, "skipped_steps": trainer.skipped_steps,
+                   "message": trainer.message or stopped_early}
+        if status == Status.INTERRUPTED:
+            record.update(**summary, status=Status.INTERRUPTED)
+            report(f"[yellow]interrupted[/]: saved {escape(str(run_dir / CHECKPOINT_DIR / LAST_NAME))}; "
+                   f"continue with: {escape(resume_command(run_dir))}", error=True)
+            raise RunEnded(INTERRUPTED_EXIT_CODE, status)
+        if status == Status.DIVERGED:
+            record.update(**summary, status=Status.DIVERGED)
+            report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
+            raise RunEnded(DIVERGED_EXIT_CODE, status)
+        if stopped_early:
+            report(escape(stopped_early))
+        test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
+    record.update(**summary, status=Status.COMPLETED, test=test_metrics)
+    if "tensorboard" in callbacks:
+        final = {**test_metrics, f"best/{cfg.trainer.monitor}": best.best if best.best is not None else float("nan")}
+        callbacks["tensorboard"].log_final(trainer, final)
+    rows = {f"best {cfg.trainer.monitor} (epoch {best.best_epoch})": best.best, **trainer.last_metrics, **test_metrics,
+            "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
+    if trainer.skipped_steps:
+        rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
+    report_results(f"results: {run_dir}", rows)
+    if cfg.trainer.get("overfit_batches"):
+        verdict = memorisation_verdict(trainer.last_metrics, images=len(trainer.data.splits.train), epochs=trainer.epoch)
+        record.update(overfit_check=verdict.as_record())
+        report(str(verdict) if verdict.passed else f"[red]{escape(str(verdict))}[/]")
+    refresh_sweep_summary(run_dir)
+    return float(best.best) if best.best is not None else float("nan")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues the run, quoted for the shell: it works pasted back as it is."""
+    return f"trainkit train {shlex.quote(f'resume={run_dir}')}"
+
+
+def test_best_checkpoint(trainer: Trainer, path: Path, model: nn.Module) -> dict:
+    """Evaluate the test set once, with the weights of the best validation epoch."""
+    from trainkit.engine.checkpoints import load_checkpoint, load_model_state
+
+    if path.is_file():
+        load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], path)
+    return trainer.evaluate(trainer.data.test, "test", trainer.limit_test_batches)
+
+
+def refresh_sweep_summary(run_dir: Path) -> None:
+    """A sweep job resumed on its own brings its sweep's summary.csv up to date."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return  # the sweep writes it when all its jobs are done
+    if (run_dir.parent / "summary.csv").is_file():
+        from trainkit.run.sweep_summary import write_summary
+
+        write_summary(run_dir.parent)
+
+
+def overrides_of_this_job() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+class RunEnded(Exception):
+    """The run stopped early (interrupted, diverged): results are saved, the exit code says why."""
+
+    def __init__(self, code: int, status: Status):
+        super().__init__(status)
+        self.code, self.status = code, status
+
+
+def storage_failed(run_dir: Path, error: StorageError, in_sweep: bool) -> float:
+    """One line and exit code 74 (EX_IOERR); metrics.json says failed if it can still be written."""
+    message = str(error)
+    if (run_dir / CHECKPOINT_DIR / LAST_NAME).is_file():
+        message += f"; free some space, then continue with: {resume_command(run_dir)}"
+    try:
+        mark_failed(run_dir, f"storage: {message}", say=in_sweep)
+    except OSError:
+        pass  # the disk is still full: the record keeps its last state
+    if in_sweep:
+        return float("nan")
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(STORAGE_ERROR_EXIT_CODE)
+
+
+def crashed(run_dir: Path, error: Exception, in_sweep: bool) -> float:
+    mark_failed(run_dir, f"crashed: {type(error).__name__}: {error}")
+    if not in_sweep:
+        raise error
+    # In a sweep one crashed job must not stop the others; its traceback goes to its log.
+    log.error("job crashed:\n%s", traceback.format_exc())
+    return float("nan")
+
+
+def stop_sweep(run_dir: Path) -> None:
+    from trainkit.console import report
+    from trainkit.run.sweep_summary import write_summary
+
+    report("the sweep stops here: the jobs after this one are not started", error=True)
+    write_summary(run_dir.parent)
+
+
+def mark_failed(run_dir: Path, message: str, say: bool = True) -> None:
+    from rich.markup import escape
+
+    from trainkit.console import report
+
+    previous = RunRecord.read(run_dir) or {}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(run_dir, previous.get("monitor", ""), previous.get("mode", ""), previous.get("config_hash", ""),
+                       overrides_of_this_job())
+    record.data.update({k: v for k, v in previous.items() if k in record.data and k not in ("status", "wall_time_s")})
+    record.update(status=Status.FAILED, message=message)
+    if say:
+        report(f"[red]job failed:[/] {escape(message)}", error=True)
+
