@@ -344,7 +344,7 @@ def test_early_stopping_stops_after_patience_epochs_without_min_delta_improvemen
     stopper = EarlyStopping(monitor="val/acc", mode="max", patience=3, min_delta=0.01)
     assert run_epochs(stopper, values) == 6
     assert stopper.best == 0.60 and stopper.best_epoch == 3 and stopper.stopped_epoch == 6
-    assert "epoch 6" in stopper.reason
+    assert "epoch 6" in stopper.stop_reason
 
 
 def test_early_stopping_counter_resets_on_improvement_and_min_mode():

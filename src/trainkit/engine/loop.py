@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trainkit import metrics as M
+from trainkit.engine.callbacks.base import CallbackList
 from trainkit.engine.devices import autocast
 from trainkit.components.optimizers import needs_closure
 from trainkit.engine.seeding import capture_rng_states, restore_rng_states
@@ -30,14 +31,15 @@ class Diverged(Exception):
 
 class Trainer:
     def __init__(self, *, model, optimizer, schedule, criterion, regularizers, data, device, amp_dtype,
-                 callbacks: dict, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
+                 callbacks: CallbackList, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
                  limit_train_batches: int | None = None, limit_val_batches: int | None = None,
                  limit_test_batches: int | None = None, stop_request=None, config: dict | None = None,
-                 fast_dev_run: bool = False):
+                 fast_dev_run: bool = False, best=None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.criterion, self.regularizers, self.data = criterion, regularizers, data
         self.device, self.amp_dtype = device, amp_dtype
-        self.callbacks = callbacks
+        self.callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
+        self.best = best  # engine.tracking.Best: the best monitored value so far, kept by BestCheckpoint
         self.epochs, self.monitor, self.on_nan = epochs_to_run(epochs, fast_dev_run), monitor, on_nan
         self.check_every = max(1, int(log_every_n_steps))
         self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches
@@ -61,8 +63,7 @@ class Trainer:
     def fit(self) -> Status:
         """Train until `epochs`, early stopping, an interrupt or divergence; returns the status."""
         status = Status.COMPLETED
-        for cb in self.callbacks.values():
-            cb.on_fit_start(self)
+        self.callbacks.on_fit_start(self)
         try:
             while self.epoch < self.epochs and not self.should_stop:
                 train_metrics = self.train_one_epoch()
@@ -75,8 +76,7 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.last_metrics = metrics
-                for cb in self.callbacks.values():
-                    cb.on_epoch_end(self, metrics)
+                self.callbacks.on_epoch_end(self, metrics)
                 if self.interrupted:
                     status = Status.INTERRUPTED
                     break
@@ -86,8 +86,7 @@ class Trainer:
             status = Status.CRASHED
             raise
         finally:
-            for cb in self.callbacks.values():
-                cb.on_fit_end(self, status)
+            self.callbacks.on_fit_end(self, status)
         return status
 
     def train_one_epoch(self) -> dict:
@@ -105,8 +104,7 @@ class Trainer:
             loss = self.training_step(images, labels)
             self.global_step += 1
             self.batch_in_epoch += 1
-            for cb in self.callbacks.values():
-                cb.on_step_end(self, loss)
+            self.callbacks.on_step_end(self, loss)
             if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
                 break
         self._check_finite()
@@ -222,7 +220,7 @@ class Trainer:
             "running": {"loss_sum": float(self._loss_sum), "correct": int(self._correct), "count": self._count,
                         "skipped_in_epoch": self._skipped_in_epoch},
             "skipped_steps": self.skipped_steps,
-            "callbacks": {name: cb.state_dict() for name, cb in self.callbacks.items()},
+            "callbacks": self.callbacks.state_dict(),
             "rng": capture_rng_states(self.device),
             "should_stop": self.should_stop,
             "metrics": dict(metrics),
@@ -246,9 +244,7 @@ class Trainer:
         self._count = running["count"]
         self._skipped_in_epoch = running.get("skipped_in_epoch", 0)
         self.skipped_steps = payload.get("skipped_steps", 0)
-        for name, state in payload["callbacks"].items():
-            if name in self.callbacks:
-                self.callbacks[name].load_state_dict(state)
+        self.callbacks.load_state_dict(payload["callbacks"])
         self.should_stop = payload.get("should_stop", False)
         restore_rng_states(payload["rng"], self.device)
 

@@ -14,6 +14,8 @@ from trainkit.status import Status
 class RunRecord(Callback):
     """Also a callback: after every epoch the file shows how far the run got."""
 
+    order, state_key = 60, "run_record"  # last: metrics.json says epoch N once last.pt holds it
+
     def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str],
                  started: float | None = None):
         self.path = Path(run_dir) / "metrics.json"
@@ -52,9 +54,9 @@ class RunRecord(Callback):
         atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
-        best = trainer.callbacks.get("best_checkpoint")
+        best = trainer.best
         now = time.time()
         self.data["epoch_seconds"].append(round(now - self._epoch_started, 3))  # train + validation
         self._epoch_started = now
         self.update(epochs_run=trainer.epoch, global_step=trainer.global_step, final=dict(metrics),
-                    best=getattr(best, "best", None), best_epoch=getattr(best, "best_epoch", None))
+                    best=getattr(best, "value", None), best_epoch=getattr(best, "epoch", None))

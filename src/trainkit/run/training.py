@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.atomic import StorageError
 from trainkit.errors import allowed
-from trainkit.metrics import resolve_mode
+from trainkit.run.callbacks import build_callbacks, monitor_mode
 from trainkit.run.resume import CHECKPOINT_DIR, LAST_NAME, run_folder_of
 from trainkit.run.record import RunRecord
 from trainkit.status import Status
@@ -29,50 +29,14 @@ from trainkit.status import Status
 if TYPE_CHECKING:
     from torch import nn
 
-    from trainkit.engine.callbacks.checkpointing import BestCheckpoint
     from trainkit.engine.loop import Trainer
+    from trainkit.engine.tracking import Best
 
 log = logging.getLogger("trainkit")
 
 INTERRUPTED_EXIT_CODE = 130
 DIVERGED_EXIT_CODE = 3
 STORAGE_ERROR_EXIT_CODE = 74  # EX_IOERR (sysexits.h): a checkpoint or record could not be written
-
-
-def monitor_mode(cfg: DictConfig) -> str:
-    return resolve_mode(cfg.trainer.monitor, cfg.trainer.mode)
-
-
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> dict:
-    """The named callbacks, in the order they run at each hook."""
-    from trainkit.engine.callbacks.checkpointing import BestCheckpoint, LastCheckpoint
-    from trainkit.engine.callbacks.progress import ProgressDisplay
-    from trainkit.engine.callbacks.tensorboard import TensorBoardLogger, flat_hparams
-
-    callbacks = {}
-    stopping = (cfg.regularization or {}).get("early_stopping")
-    if stopping is not None:
-        from trainkit.engine.callbacks.early_stopping import EarlyStopping
-
-        callbacks["early_stopping"] = EarlyStopping(**OmegaConf.to_container(stopping, resolve=True))
-    if cfg.logger.tensorboard.enabled:
-        # Before the checkpoints: an epoch's scalars are on disk before last.pt says it is done,
-        # so a kill in between loses nothing (a resume purges what it logs again).
-        callbacks["tensorboard"] = TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
-                                                     cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups()))
-    callbacks["best_checkpoint"] = BestCheckpoint(run_dir / "checkpoints", cfg.trainer.monitor, monitor_mode(cfg))
-    callbacks["last_checkpoint"] = LastCheckpoint(run_dir / "checkpoints")
-    callbacks["progress"] = ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps)
-    return callbacks
-
-
-def chosen_groups() -> dict[str, str]:
-    """The option picked in each group (`optimizer: adam`), or nothing outside a Hydra app."""
-    if not HydraConfig.initialized():
-        return {}
-    choices = HydraConfig.get().runtime.choices
-    skipped = ("hydra", "logger", "paths")
-    return {group: str(choice) for group, choice in choices.items() if not group.startswith(skipped) and choice is not None}
 
 
 def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
@@ -99,12 +63,11 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
                    f"{escape(str(origin))} is left as it was")
         trainer, record = build_trainer(cfg, run_dir, resume_payload, started)
         if resume_payload is not None and not in_place:
-            keep_best_in_new_folder(trainer.callbacks["best_checkpoint"], resume_payload)
+            keep_best_in_new_folder(trainer.best, run_dir / CHECKPOINT_DIR / "best.pt", resume_payload)
         try:
             return fit_and_test(cfg, run_dir, trainer, record)
         finally:
-            if "tensorboard" in trainer.callbacks:
-                trainer.callbacks["tensorboard"].close()
+            trainer.callbacks.close()
             trainer.data.close()
 
 
@@ -114,15 +77,15 @@ def continues_run_in(cfg: DictConfig, run_dir: Path) -> bool:
     return bool(cfg.resume) and Path(cfg.resume).resolve() == (run_dir / CHECKPOINT_DIR / LAST_NAME).resolve()
 
 
-def keep_best_in_new_folder(best: BestCheckpoint, payload: dict) -> None:
+def keep_best_in_new_folder(best: Best, path: Path, payload: dict) -> None:
     """A run started from another folder's checkpoint has its own best.pt: the starting weights when
     they are the best so far (a branch from best.pt), else the best is tracked afresh from here."""
     from trainkit.engine.checkpoints import save_checkpoint
 
-    if best.best_epoch is not None and best.best_epoch == payload["epoch"]:
-        save_checkpoint(best.path, payload)
+    if best.epoch is not None and best.epoch == payload["epoch"]:
+        save_checkpoint(path, payload)
     else:
-        best.best, best.best_epoch = None, None
+        best.forget()
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
@@ -142,6 +105,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.components.regularization import Regularizers
     from trainkit.components.schedules import build_schedule
     from trainkit.engine.seeding import seed_everything
+    from trainkit.engine.tracking import Best
 
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
@@ -160,16 +124,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     weights = data.loss_weights.to(device) if data.loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
-    callbacks = build_callbacks(cfg, run_dir)
-    record = callbacks["run_record"] = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg),
-                                                 overrides_of_this_job(), started)
+    best = Best(cfg.trainer.monitor, monitor_mode(cfg))
+    record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started)
+    callbacks = build_callbacks(cfg, run_dir, best, record)
     trainer = Trainer(
         model=model, optimizer=optimizer, schedule=schedule, criterion=criterion, regularizers=regularizers,
         data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, epochs=int(cfg.trainer.epochs),
         monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
-        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")),
+        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")), best=best,
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
@@ -198,13 +162,12 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     from trainkit.data.overfit import memorisation_verdict
     from trainkit.console import report, report_results
 
-    callbacks = trainer.callbacks
+    best = trainer.best
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
-        best = callbacks["best_checkpoint"]
-        stopped_early = getattr(callbacks.get("early_stopping"), "reason", None)
+        stopped_early = trainer.callbacks.stop_reason
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
-                   "best": best.best, "best_epoch": best.best_epoch, "skipped_steps": trainer.skipped_steps,
+                   "best": best.value, "best_epoch": best.epoch, "skipped_steps": trainer.skipped_steps,
                    "message": trainer.message or stopped_early}
         if status == Status.INTERRUPTED:
             record.update(**summary, status=Status.INTERRUPTED)
@@ -219,10 +182,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
             report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
     record.update(**summary, status=Status.COMPLETED, test=test_metrics)
-    if "tensorboard" in callbacks:
-        final = {**test_metrics, f"best/{cfg.trainer.monitor}": best.best if best.best is not None else float("nan")}
-        callbacks["tensorboard"].log_final(trainer, final)
-    rows = {f"best {cfg.trainer.monitor} (epoch {best.best_epoch})": best.best, **trainer.last_metrics, **test_metrics,
+    trainer.callbacks.on_test_end(trainer, {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")})
+    rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch})": best.value, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
@@ -232,7 +193,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         record.update(overfit_check=verdict.as_record())
         report(str(verdict) if verdict.passed else f"[red]{escape(str(verdict))}[/]")
     refresh_sweep_summary(run_dir)
-    return float(best.best) if best.best is not None else float("nan")
+    return float(best.value) if best.value is not None else float("nan")
 
 
 def resume_command(run_dir: Path) -> str:

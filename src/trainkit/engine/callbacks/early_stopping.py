@@ -1,21 +1,23 @@
 """EarlyStopping: end the run when the monitored metric stops improving.
 
 Own code (torch has no training loop, so no early stopping); the improvement test is the one
-BestCheckpoint uses, so 'improved' means the same thing to both."""
+BestCheckpoint's (engine/tracking.py), so 'improved' means the same thing to both."""
 
 from __future__ import annotations
 
 import math
 
 from trainkit import metrics as M
-from trainkit.engine.callbacks.checkpointing import improved
 from trainkit.engine.callbacks.base import Callback
+from trainkit.engine.tracking import improved
 from trainkit.errors import allowed
 
 
 class EarlyStopping(Callback):
     """Sets `trainer.should_stop` once `monitor` has not improved by more than `min_delta`
     for `patience` epochs in a row. Built as EarlyStopping(**cfg.regularization.early_stopping)."""
+
+    order, state_key = 10, "early_stopping"  # before last.pt, which saves should_stop
 
     def __init__(self, monitor: str = M.VAL_ACC, mode: str = "auto", patience: int = 5, min_delta: float = 0.0):
         if monitor not in M.MONITORABLE:
@@ -44,7 +46,7 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
 
     @property
-    def reason(self) -> str | None:
+    def stop_reason(self) -> str | None:
         """One line for the run's summary, once it has stopped the run."""
         if self.stopped_epoch is None:
             return None

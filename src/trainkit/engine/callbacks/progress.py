@@ -11,6 +11,8 @@ from trainkit.console import console, on_terminal, report
 
 
 class ProgressDisplay(Callback):
+    order, state_key = 50, "progress"  # prints after the epoch is saved; reads should_stop
+
     def __init__(self, enabled: str | bool, refresh_every: int = 10):
         if enabled == "auto":
             enabled = on_terminal()

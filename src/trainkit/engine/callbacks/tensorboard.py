@@ -21,6 +21,8 @@ class TensorBoardLogger(Callback):
     """Writes the run's curves; its hyperparameters go in at the start, so the HParams tab lists
     every run of a sweep (unfinished ones too), and the session's end status at the end."""
 
+    order, state_key = 20, "tensorboard"  # before the checkpoints: see base.Callback.order
+
     def __init__(self, log_dir: Path, log_every_n_steps: int, image_grid: int = 0, hparams: dict | None = None):
         self.log_dir = Path(log_dir)
         self.every = max(1, int(log_every_n_steps))
@@ -68,10 +70,10 @@ class TensorBoardLogger(Callback):
         self.writer.add_scalar(M.EPOCH, trainer.epoch, trainer.global_step)
         self.writer.flush()
 
-    def log_final(self, trainer, final_metrics: dict) -> None:
+    def on_test_end(self, trainer, results: dict) -> None:
         """Test metrics and the best monitored value as scalars: the HParams tab's metric columns
         show each scalar's last value, so these (and the last val/train values) are compared."""
-        for name, value in final_metrics.items():
+        for name, value in results.items():
             self.writer.add_scalar(name, value, trainer.global_step)
         self.writer.flush()
 

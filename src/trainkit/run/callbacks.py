@@ -1,0 +1,57 @@
+"""Which callbacks a run has: the one place where callbacks are built from the config.
+
+To add a callback: write engine/callbacks/<name>.py (a Callback subclass with an `order` and,
+if it keeps state across a resume, a `state_key`), then append it below under the config key
+that turns it on. The CallbackList runs them by `order`, so where it is appended here does not
+matter; nothing else in the run names a callback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.engine.callbacks.base import CallbackList
+from trainkit.metrics import resolve_mode
+
+if TYPE_CHECKING:
+    from trainkit.engine.tracking import Best
+    from trainkit.run.record import RunRecord
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecord) -> CallbackList:
+    """Every callback `cfg` asks for; BestCheckpoint keeps `best` current, `record` writes metrics.json."""
+    from trainkit.engine.callbacks.checkpointing import BestCheckpoint, LastCheckpoint
+    from trainkit.engine.callbacks.progress import ProgressDisplay
+    from trainkit.engine.callbacks.tensorboard import TensorBoardLogger, flat_hparams
+
+    callbacks = []
+    stopping = (cfg.regularization or {}).get("early_stopping")
+    if stopping is not None:
+        from trainkit.engine.callbacks.early_stopping import EarlyStopping
+
+        callbacks.append(EarlyStopping(**OmegaConf.to_container(stopping, resolve=True)))
+    if cfg.logger.tensorboard.enabled:
+        callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
+                                           cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))
+    callbacks.append(BestCheckpoint(run_dir / "checkpoints", best))
+    callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
+    callbacks.append(ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps))
+    callbacks.append(record)
+    return CallbackList(callbacks)
+
+
+def monitor_mode(cfg: DictConfig) -> str:
+    return resolve_mode(cfg.trainer.monitor, cfg.trainer.mode)
+
+
+def chosen_groups() -> dict[str, str]:
+    """The option picked in each group (`optimizer: adam`), or nothing outside a Hydra app."""
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    skipped = ("hydra", "logger", "paths")
+    return {group: str(choice) for group, choice in choices.items() if not group.startswith(skipped) and choice is not None}
