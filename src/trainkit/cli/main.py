@@ -142,9 +142,9 @@ def prepare(command: str, args: list[str]) -> list[str]:
 def hydra_arguments(args: list[str]):
     """(Hydra's parse of `args`, its flags with their values as given, the overrides): any order
     the user wrote them in, each path value's leading `~` expanded."""
-    from hydra._internal.utils import get_args_parser
+    from trainkit.cli.hydra_bridge import hydra_arguments_parser
 
-    parser = get_args_parser()
+    parser = hydra_arguments_parser()
     parsed, _ = parser.parse_known_intermixed_args(args)
     pending = list(parsed.overrides or [])
     options, overrides, value_of = [], [], None

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from trainkit.cli.hydra_bridge import hydra_for
 from trainkit.config.check import check_config, did_you_mean, missing_key
 from trainkit.config.targets import current_targets
 from trainkit.errors import UserError, allowed, user_error_in
@@ -47,19 +48,6 @@ class Composed:
 
 
 COMPOSE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException)
-
-
-def hydra_for(sources: ConfigSources):
-    """A Hydra instance with the search path `trainkit train` itself builds: trainkit's configs,
-    then each --config-dir, placed as Hydra's own command-line handling places it."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-
-    search_path = create_automatic_config_search_path(None, None, "pkg://trainkit.configs")
-    for folder in sources.dirs:
-        search_path.prepend(provider="command-line", path=f"file://{folder}", anchor=SearchPathQuery(provider="schema"))
-    return Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
 
 
 def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources(), *, signatures: bool = True,

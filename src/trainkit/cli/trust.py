@@ -92,7 +92,8 @@ def compose_raw(overrides: list[str], sources):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from trainkit.cli.preflight import COMPOSE_ERRORS, hydra_for
+    from trainkit.cli.hydra_bridge import hydra_for
+    from trainkit.cli.preflight import COMPOSE_ERRORS
 
     GlobalHydra.instance().clear()
     try:
