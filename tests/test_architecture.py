@@ -1,242 +1,143 @@
-"""Architecture knobs applied by every model: norm x model trains, init stds match their
-formulas, every activation composes from its YAML."""
+"""The package's layers, read from the import graph (ast, no module executed).
+
+cli -> run -> engine -> components | data -> config -> leaves. A module imports only from its own
+layer or one below; components and data never import each other; no import cycle. Imports inside
+functions and under TYPE_CHECKING count too: a lazy import is still a dependency.
+"""
 
 from __future__ import annotations
 
-import io
-import math
+import ast
+from pathlib import Path
 
-import pytest
-import torch
-import torch.nn.functional as F
-from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
-from torch import nn
-from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
-
-from trainkit.config.check import check_config
-from trainkit.data.datasets import load_digits_arrays
-from trainkit.errors import UserError
-from trainkit.components.initialization import KaimingInit, TruncatedNormalInit, XavierInit
-from trainkit.components.normalization import Normalization
-
-MODELS = ("mlp", "cnn", "resnet")
-NORMS = ("batch", "layer", "instance", "group", "none", "weight", "spectral")
-LAYERS = (nn.Conv2d, nn.Linear)
-
-
-def compose_train(*overrides: str):
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    check_config(cfg)
-    return cfg
-
-
-def build(cfg) -> nn.Module:
-    model = instantiate(cfg.model)(in_channels=1, image_size=8, num_classes=10, norm=instantiate(cfg.norm),
-                                   activation=instantiate(cfg.activation), dropout=0.0)
-    return instantiate(cfg.init)(model)
-
-
-@pytest.fixture(scope="module")
-def digits_batch():
-    images, labels = load_digits_arrays()
-    x = torch.tensor(images[:64], dtype=torch.float32).unsqueeze(1) / 255.0
-    return (x - 0.3053) / 0.3759, torch.tensor(labels[:64])
-
-
-def model_overrides(model: str) -> list[str]:
-    # small widths keep the 21 combinations fast; 8 groups still divide every width
-    return [f"model={model}"] + {"mlp": ["model.hidden=[64,32]"], "cnn": ["model.channels=[16,32]"],
-                                 "resnet": ["model.depth=8", "model.width=8"]}[model]
-
-
-# Which layer each norm puts after a conv (cnn, resnet) and after a hidden linear layer (mlp).
-EXPECTED_CONV = {"batch": nn.BatchNorm2d, "layer": nn.GroupNorm, "instance": nn.InstanceNorm2d, "group": nn.GroupNorm}
-EXPECTED_FLAT = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm, "instance": nn.LayerNorm, "group": nn.GroupNorm}
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("model_name", MODELS)
-def test_every_model_with_every_norm_has_its_modules_and_trains(model_name, norm, digits_batch):
-    torch.manual_seed(0)
-    cfg = compose_train(*model_overrides(model_name), f"norm={norm}")
-    model = build(cfg)
-    layers = [m for m in model.modules() if isinstance(m, LAYERS)]
-    norms = [m for m in model.modules() if isinstance(m, NORM_LAYERS)]
-    classifier = model.classifier
-    if norm in EXPECTED_CONV:
-        expected = (EXPECTED_FLAT if model_name == "mlp" else EXPECTED_CONV)[norm]
-        # one normalization layer after every conv/linear layer but the classifier
-        assert len(norms) == len(layers) - 1 and all(type(m) is expected for m in norms)
-        if isinstance(norms[0], nn.GroupNorm):
-            assert {m.num_groups for m in norms} == {1 if norm == "layer" else 8}
-        assert all(m.bias is None for m in layers if m is not classifier)  # redundant before a mean subtraction
-        assert not any(parametrize.is_parametrized(m) for m in layers)
-    else:
-        assert norms == []
-        assert all(m.bias is not None for m in layers)
-        kind = {"weight": _WeightNorm, "spectral": _SpectralNorm}.get(norm)
-        for m in layers:
-            if kind is None:
-                assert not parametrize.is_parametrized(m)
-            else:
-                assert [type(p) for p in m.parametrizations.weight] == [kind]
-
-    x, y = digits_batch
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(6):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert all(math.isfinite(v) for v in losses)
-    assert min(losses[1:]) < losses[0], losses
-
-    # The state_dict is plain tensors: it loads with weights_only=True into a fresh model.
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = build(cfg)
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
-    model.eval(), fresh.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(x), model(x))
-
-
-def test_weight_norm_keeps_the_function_and_splits_length_and_direction():
-    layer = nn.Linear(6, 4)
-    weight = layer.weight.detach().clone()
-    wrapped = Normalization("weight").wrap(layer)
-    g, v = wrapped.parametrizations.weight.original0, wrapped.parametrizations.weight.original1
-    torch.testing.assert_close(g.squeeze(1), weight.norm(dim=1))
-    torch.testing.assert_close(wrapped.weight, g * v / v.norm(dim=1, keepdim=True))
-    torch.testing.assert_close(wrapped.weight, weight)
-
-
-def test_spectral_norm_bounds_the_largest_singular_value():
-    torch.manual_seed(0)
-    layer = Normalization("spectral").wrap(nn.Linear(32, 16))
-    layer.train()
-    x = torch.randn(4, 32)
-    for _ in range(20):  # one power iteration per training forward
-        layer(x)
-    assert torch.linalg.matrix_norm(layer.weight.detach(), 2).item() == pytest.approx(1.0, abs=1e-3)
-
-
-def test_group_norm_width_that_does_not_divide_is_a_user_error():
-    with pytest.raises(UserError, match="num_groups"):
-        Normalization("group", num_groups=7).conv(32)
-    with pytest.raises(UserError, match="norm.kind"):
-        Normalization("batchnorm")
-
-
-# -- init --------------------------------------------------------------------------------------------
-
-FAN_IN, FAN_OUT = 1000, 500  # nn.Linear(1000, 500): weight is [500, 1000]
-
-INIT_CASES = {
-    "gaussian": ([], 0.01),
-    "gaussian_small": (["init.std=0.001"], 0.001),
-    "truncated_normal": ([], TruncatedNormalInit.truncated_std(0.02, 2.0)),
-    "truncated_normal_3": (["init.truncation=3.0"], TruncatedNormalInit.truncated_std(0.02, 3.0)),
-    "xavier_uniform": (["init.distribution=uniform"], math.sqrt(2 / (FAN_IN + FAN_OUT))),
-    "xavier_normal": (["init.distribution=normal"], math.sqrt(2 / (FAN_IN + FAN_OUT))),
-    "kaiming_fan_in": (["init.mode=fan_in"], math.sqrt(2 / FAN_IN)),
-    "kaiming_fan_out": (["init.mode=fan_out"], math.sqrt(2 / FAN_OUT)),
-    "kaiming_uniform": (["init.distribution=uniform"], math.sqrt(2 / FAN_IN)),
-    "kaiming_leaky": (["init.nonlinearity=leaky_relu", "init.negative_slope=0.2"], math.sqrt(2 / (1 + 0.04) / FAN_IN)),
-    "kaiming_tanh": (["init.nonlinearity=tanh"], 5 / 3 / math.sqrt(FAN_IN)),
+SRC = Path(__file__).parents[1] / "src"
+# The layers, top (0) to bottom. A module's layer is that of its longest prefix here.
+RANK = {
+    "trainkit": 0, "trainkit.__main__": 0, "trainkit.cli": 0,
+    "trainkit.run": 1,
+    "trainkit.engine": 2,
+    "trainkit.components": 3, "trainkit.data": 3,
+    "trainkit.config": 4, "trainkit.configs": 4,
+    "trainkit.errors": 5, "trainkit.metrics": 5, "trainkit.status": 5, "trainkit.atomic": 5, "trainkit.console": 5,
+    "trainkit.memory": 5,
 }
+NAMES = {0: "cli", 1: "run", 2: "engine", 3: "components/data", 4: "config", 5: "the leaves"}
+APART = {("trainkit.components", "trainkit.data"), ("trainkit.data", "trainkit.components")}  # same layer, no imports
 
 
-def scheme(case: str) -> str:
-    return next(s for s in ("gaussian", "truncated_normal", "xavier", "kaiming") if case.startswith(s))
+def modules(src: Path = SRC) -> dict[str, Path]:
+    found = {}
+    for path in sorted((src / "trainkit").rglob("*.py")):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
 
 
-@pytest.mark.parametrize("case", INIT_CASES)
-def test_init_std_of_a_large_layer_matches_the_formula(case):
-    overrides, expected_std = INIT_CASES[case]
-    torch.manual_seed(0)
-    cfg = compose_train(f"init={scheme(case)}", *overrides)
-    layer = nn.Linear(FAN_IN, FAN_OUT)
-    instantiate(cfg.init)(layer)
-    w = layer.weight.detach()
-    assert w.std().item() == pytest.approx(expected_std, rel=0.03)
-    assert abs(w.mean().item()) < 0.01 * expected_std  # 7 standard errors at 500k weights
-    assert torch.count_nonzero(layer.bias) == 0
-    if case.startswith("truncated_normal"):
-        cut = cfg.init.truncation * cfg.init.std
-        assert w.abs().max().item() <= cut
-        assert w.abs().max().item() > 0.98 * cut  # truncated at +- truncation * std, not wider
-    if case.endswith("uniform"):
-        bound = expected_std * math.sqrt(3)
-        assert bound * 0.99 < w.abs().max().item() <= bound
+def imports(name: str, path: Path, known: dict[str, Path]):
+    """(line, imported module) for every trainkit import of the module `name` at `path`, at any depth."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from trainkit.cli import preflight` imports the module trainkit.cli.preflight
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            if target == "trainkit" or target.startswith("trainkit."):
+                yield node.lineno, owner(target, known)
 
 
-def test_kaiming_on_a_conv_uses_channels_times_kernel_area():
-    torch.manual_seed(0)
-    conv = nn.Conv2d(64, 128, 3)
-    KaimingInit(mode="fan_in")(conv)
-    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.03)
-    XavierInit("normal")(conv)
-    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9 + 128 * 9)), rel=0.03)
+def owner(target: str, known: dict[str, Path]) -> str:
+    """The module file that `target` names (a dotted name inside a module resolves to the module)."""
+    while target not in known and "." in target:
+        target = target.rpartition(".")[0]
+    return target
 
 
-def test_init_leaves_norm_layers_and_prelu_alone_and_reaches_parametrised_layers():
-    torch.manual_seed(0)
-    cfg = compose_train("model=mlp", "model.hidden=[1000]", "norm=batch", "activation=prelu", "init=gaussian")
-    model = build(cfg)
-    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm1d))
-    assert torch.equal(bn.weight, torch.ones(1000)) and torch.equal(bn.bias, torch.zeros(1000))
-    prelu = next(m for m in model.modules() if isinstance(m, nn.PReLU))
-    assert prelu.weight.item() == 0.25
-    assert model.classifier.weight.std().item() == pytest.approx(0.01, rel=0.05)
-
-    # weight norm: the effective weight gets the scheme's distribution
-    wn = build(compose_train("model=mlp", "model.hidden=[1000]", "norm=weight", "init=kaiming"))
-    first = wn.features[1]
-    assert first.weight.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.03)
-    assert torch.count_nonzero(first.bias) == 0
-    # spectral norm: the new weight is still normalised to a largest singular value of ~1
-    sn = build(compose_train("model=mlp", "model.hidden=[64]", "norm=spectral", "init=xavier"))
-    sn.eval()
-    assert torch.linalg.matrix_norm(sn.features[1].weight.detach(), 2).item() == pytest.approx(1.0, abs=0.05)
+def layer_of(name: str) -> str | None:
+    prefixes = [p for p in RANK if name == p or name.startswith(p + ".")]
+    return max(prefixes, key=len) if prefixes else None
 
 
-@pytest.mark.parametrize("knob, value", [("mode", "fan_avg"), ("distribution", "laplace"), ("nonlinearity", "gelu")])
-def test_bad_init_knobs_are_user_errors(knob, value):
-    with pytest.raises(UserError, match=f"init.{knob}"):
-        (XavierInit if knob == "distribution" else KaimingInit)(**{knob: value})
+def test_every_module_has_a_layer():
+    """A new top-level module must be given its layer here on purpose."""
+    unplaced = [name for name in modules() if layer_of(name) is None]
+    assert not unplaced, f"modules without a layer (add them to RANK in tests/test_architecture.py): {', '.join(unplaced)}"
 
 
-# -- activation --------------------------------------------------------------------------------------
+def layer_violations(src: Path = SRC) -> list[str]:
+    known = modules(src)
+    wrong = []
+    for name, path in known.items():
+        mine = layer_of(name)
+        for line, target in imports(name, path, known):
+            theirs = layer_of(target)
+            if theirs is None or theirs == mine:
+                continue
+            if RANK[theirs] < RANK[mine]:
+                wrong.append(f"{name}:{line} imports {target}: {NAMES[RANK[mine]]} may not import {NAMES[RANK[theirs]]} "
+                             "(a higher layer)")
+            elif (mine, theirs) in APART:
+                wrong.append(f"{name}:{line} imports {target}: {mine} and {theirs} are siblings and never import each other")
+    return wrong
 
-X = torch.tensor([-2.0, -0.5, 0.0, 1.5])
-ACTIVATIONS = {
-    "relu": (nn.ReLU, X.clamp(min=0)),
-    "leaky_relu": (nn.LeakyReLU, torch.where(X > 0, X, 0.01 * X)),
-    "prelu": (nn.PReLU, torch.where(X > 0, X, 0.25 * X)),
-    "elu": (nn.ELU, torch.where(X > 0, X, torch.exp(X) - 1)),
-    "gelu": (nn.GELU, X * 0.5 * (1 + torch.erf(X / math.sqrt(2)))),
-    "tanh": (nn.Tanh, torch.tanh(X)),
-    "sigmoid": (nn.Sigmoid, 1 / (1 + torch.exp(-X))),
-    "silu": (nn.SiLU, X / (1 + torch.exp(-X))),
-}
+
+def import_cycle(src: Path = SRC) -> list[str] | None:
+    known = modules(src)
+    edges = {name: sorted({t for _, t in imports(name, path, known) if t != name}) for name, path in known.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        state[name] = "open"
+        for nxt in edges.get(name, []):
+            if state.get(nxt) == "open":
+                return trail[trail.index(nxt):] + [name, nxt] if nxt in trail else [name, nxt]
+            if nxt not in state:
+                cycle = visit(nxt, trail + [name])
+                if cycle:
+                    return cycle
+        state[name] = "done"
+        return None
+
+    for name in known:
+        if name not in state:
+            cycle = visit(name, [])
+            if cycle:
+                return cycle
+    return None
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
-def test_every_activation_composes_instantiates_and_computes_its_formula(name, digits_batch):
-    cls, expected = ACTIVATIONS[name]
-    cfg = compose_train(f"activation={name}", "model=cnn", "model.channels=[8]")
-    make = instantiate(cfg.activation)
-    a, b = make(), make()
-    assert type(a) is cls and a is not b  # one module per layer
-    torch.testing.assert_close(a(X), expected)
-    model = build(cfg)
-    assert sum(isinstance(m, cls) for m in model.modules()) == 2
-    assert torch.isfinite(model(digits_batch[0])).all()
+def test_no_module_imports_a_higher_layer_or_its_sibling():
+    wrong = layer_violations()
+    assert not wrong, "imports against the layers:\n" + "\n".join(wrong)
+
+
+def test_no_import_cycle():
+    cycle = import_cycle()
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_checks_see_lazy_imports_and_name_the_offending_line(tmp_path):
+    """The checks themselves: an upward import inside a function, a sibling import and a cycle are caught."""
+    pkg = tmp_path / "trainkit"
+    for folder in ("engine", "run", "data", "components"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "engine" / "loop.py").write_text("def f():\n    from trainkit.run.record import RunRecord\n")
+    (pkg / "run" / "record.py").write_text("from trainkit.engine import loop\n")
+    (pkg / "data" / "build.py").write_text("import trainkit.components.models\n")
+    (pkg / "components" / "models.py").write_text("")
+    assert layer_violations(tmp_path) == [
+        "trainkit.data.build:1 imports trainkit.components.models: trainkit.data and trainkit.components are siblings "
+        "and never import each other",
+        "trainkit.engine.loop:2 imports trainkit.run.record: engine may not import run (a higher layer)"]
+    assert import_cycle(tmp_path) == ["trainkit.engine.loop", "trainkit.run.record", "trainkit.engine.loop"]
