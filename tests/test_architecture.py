@@ -63,7 +63,7 @@ def owner(target: str, known: dict[str, Path]) -> str:
 
 
 def layer_of(name: str) -> str | None:
-    prefixes = [p for p in RANK if name == p or name.startswith(p + ".")]
+    prefixes = [p for p in RANK if name == p or (p != "trainkit" and name.startswith(p + "."))]  # the root: itself only
     return max(prefixes, key=len) if prefixes else None
 
 
