@@ -36,6 +36,15 @@ def test_the_wheel_holds_every_config_file(installed):
     assert shipped == CONFIG_FILES
 
 
+
+def test_the_wheel_holds_every_module_of_every_layer(installed):
+    """pyproject.toml lists the packages: a new subpackage left out of it would be missing from the wheel."""
+    source = sorted(p.relative_to(REPO / "src").as_posix() for p in (REPO / "src" / "trainkit").rglob("*.py"))
+    shipped = sorted(p.relative_to(installed).as_posix() for p in (installed / "trainkit").rglob("*.py")
+                     if "configs" not in p.relative_to(installed).parts)
+    assert shipped == source
+
+
 def test_the_installed_package_composes_from_another_directory(installed, tmp_path):
     # PYTHONPATH puts the installed copy ahead of the editable one, away from the source tree.
     env = {"PYTHONPATH": str(installed)}
