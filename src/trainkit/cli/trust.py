@@ -4,7 +4,7 @@ A run folder can come from a colleague or the internet. `resume=<run folder>` ap
 .hydra/overrides.yaml again, and the --config-dir and --config-name recorded in its
 .hydra/hydra.yaml, and Hydra calls every `_target_` in the composed config. Trusted: the user's
 own command line, the user's own --config-dir, trainkit's configs. Not trusted: a run folder's
-files (and checkpoints, which checkpoints.py reads as data only).
+files (and checkpoints, which engine/checkpoints.py reads as data only).
 
 So before anything is imported or built from the composed config: every `_target_` must be named
 by a trusted source or be a class of the kinds trainkit builds, and Hydra's own settings (logging,

@@ -347,7 +347,7 @@ def check_mode_fits_monitor(cfg: DictConfig) -> None:
 
 
 # Keys of a group's config that trainkit reads itself instead of passing to the group's target:
-# an optimizer's exclude_bias_and_norm (optimizers.py), a schedule's warmup (schedules.py).
+# an optimizer's exclude_bias_and_norm (components/optimizers.py), a schedule's warmup (components/schedules.py).
 OWN_KEYS = {"optimizer": ("exclude_bias_and_norm",), "schedule": ("warmup_epochs", "warmup_steps", "warmup_start_factor")}
 
 

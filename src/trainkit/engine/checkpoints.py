@@ -35,7 +35,7 @@ class Defaulted:
         self.expected = expected
 
 
-# What Trainer.checkpoint_payload() writes and Trainer.restore(), preflight and train.py read:
+# What Trainer.checkpoint_payload() writes and Trainer.restore(), cli/preflight.py and run/training.py read:
 # a file missing any of it would fail mid-resume with a traceback instead of one clear line.
 PAYLOAD = {
     "model": DictOf(torch.Tensor),
