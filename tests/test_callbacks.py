@@ -80,3 +80,14 @@ def test_nothing_outside_a_callback_reaches_one_by_name():
                     named and isinstance(target, ast.Name) and target.id == "callbacks":
                 found.append(f"{path.relative_to(SRC.parent)}:{node.lineno}")
     assert not found, f"a callback reached by name: {', '.join(found)}"
+
+
+def test_a_status_is_written_and_printed_as_its_plain_word():
+    """metrics.json, the logs and `status == "completed"` comparisons in old files see the same words as before."""
+    import json
+
+    from trainkit.status import Status
+
+    assert json.dumps({"status": Status.INTERRUPTED}) == '{"status": "interrupted"}'
+    assert f"{Status.COMPLETED}" == str(Status.COMPLETED) == "completed" == Status.COMPLETED
+    assert Status("diverged") is Status.DIVERGED
