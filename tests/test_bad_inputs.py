@@ -65,7 +65,19 @@ CASES = [
     (["trainer.epochs=ten"], "trainer.epochs='ten' is not allowed: a whole number >= 1"),
     (["trainer.batch_size=0"], "trainer.batch_size=0 is not allowed: a whole number >= 1"),
     (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5 is not allowed: a number strictly between 0 and 1"),
-    (["dataset.val_fraction=0"], "dataset.val_fraction=0 is not allowed: a number strictly between 0 and 1"),
+    (["dataset.val_fraction=0"], "dataset.val_fraction=0.0 is not allowed: a number strictly between 0 and 1"),
+    # numpy takes a 32-bit split seed: 5e19 once failed as a bad dataset.test_fraction
+    (["dataset.split_seed=5e19"], "dataset.split_seed=5e+19 is not allowed: a whole number from 0 to 4294967295 "
+                                  "(numpy's 32-bit seed)"),
+    (["dataset.split_seed=4294967296"], "dataset.split_seed=4294967296 is not allowed: a whole number from 0 to "
+                                        "4294967295 (numpy's 32-bit seed)"),
+    # a key the dataset's schema lacks (mnist has its own test set)
+    (["dataset=mnist", "+dataset.test_fraction=0.1"],
+     "dataset.test_fraction=0.1: unknown key; dataset takes balanced_sampler, class_names, class_weights, data_dir, "
+     "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, split_seed, std, val_fraction, "
+     "workers, zca_epsilon"),
+    (["optimizer=lookahead", "optimizer.k=0"],
+     "optimizer.k=0 is not allowed: a whole number >= 1 (fast steps between slow-weight updates)"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
     (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: auto, cpu, cuda, cuda:N or mps"),
     (["trainer.precision=8"], "trainer.precision=8 is not allowed: auto, 32, bf16 or 16"),

@@ -339,7 +339,7 @@ def test_a_broken_option_of_ones_own_is_blamed_on_its_group(tmp_path, group, opt
 
 
 def test_the_largest_allowed_seed_is_the_loaders_real_limit():
-    from trainkit.config.check import SEED_MAX
+    from trainkit.config.rules import SEED_MAX
     from trainkit.data.loaders import epoch_generator
 
     epoch_generator(SEED_MAX, 10**6)  # a million epochs still fit torch's 64-bit seed

@@ -239,8 +239,8 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     into a new folder with that run's settings, a branch, so a run never moves backwards."""
     from trainkit.cli import preflight
     from trainkit.engine.checkpoints import load_checkpoint
-    from trainkit.run.resume import (continues_in_place, original_config_dirs, original_config_name, original_overrides,
-                                 refuse_unresumable, resolve_resume_target)
+    from trainkit.run.resume import (check_resumable, continues_in_place, original_config_dirs, original_config_name,
+                                     original_overrides, refuse_unresumable, resolve_resume_target)
     from trainkit.run.run_lock import claim
     from trainkit.cli.trust import FolderSettings, check_folder_settings
 
@@ -268,13 +268,13 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     composed = preflight.compose_checked(overrides, sources)
     if not in_place:  # a new run folder, as for a new run
         preflight.check_output_folder(composed, overrides)
-    preflight.check_resumable(composed.cfg, payload, checkpoint, in_place)
+    check_resumable(composed.cfg, payload, checkpoint, in_place)
     written = checkpoint.stat().st_mtime_ns
 
     def still_resumable() -> None:
         """Under the lock: the checkpoint checked above is still the one the run will load."""
         if checkpoint.stat().st_mtime_ns != written:
-            preflight.check_resumable(composed.cfg, load_checkpoint(checkpoint), checkpoint, in_place)
+            check_resumable(composed.cfg, load_checkpoint(checkpoint), checkpoint, in_place)
 
     if in_place:
         claim(run_dir, still_resumable)
