@@ -96,6 +96,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.components.assembly import build_model
     from trainkit.engine.checkpoints import load_model_state
     from trainkit.config.check import config_hash
+    from trainkit.config.schema import TrainerConfig, typed
     from trainkit.data.build import build_data
     from trainkit.engine.devices import resolve_device, resolve_precision
     from trainkit.engine.interrupts import StopRequest
@@ -128,12 +129,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started)
     callbacks = build_callbacks(cfg, run_dir, best, record)
     trainer = Trainer(
-        model=model, optimizer=optimizer, schedule=schedule, criterion=criterion, regularizers=regularizers,
-        data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, epochs=int(cfg.trainer.epochs),
-        monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
-        limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
-        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")), best=best,
+        typed(TrainerConfig, cfg.trainer), model=model, optimizer=optimizer, schedule=schedule, criterion=criterion,
+        regularizers=regularizers, data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, best=best,
+        stop_request=StopRequest(on_force_exit=record.mark_interrupted), config=OmegaConf.to_container(cfg, resolve=True),
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
