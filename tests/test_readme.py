@@ -84,10 +84,9 @@ def compose_dataset(words: list[str]):
 
 @functools.lru_cache
 def _composed_dataset(picks: tuple[str, ...]):
-    from hydra import compose, initialize_config_module
+    from conftest import compose_config
 
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        return compose(config_name="train", overrides=list(picks)).dataset
+    return compose_config(*picks).dataset
 
 
 def skip_reason(command: Command) -> str | None:
