@@ -2,10 +2,11 @@
 groups (components/optimizers.py) and the loss penalties (components/regularization.py: l2 with
 coupling=loss, l1, elastic_net), so that "decayed" means the same to both.
 
-Kernels and matrices decay; vectors do not: biases, normalization scales and shifts, PReLU
-slopes (timm's rule, `p.ndim > 1`). Weight norm's gain g (w = g v / ||v||) is a per-unit scale
-stored with the kernel's rank, so it is named here; its direction v decays. With spectral norm
-the raw kernel W decays (the layer uses W / sigma_max(W)). Frozen parameters are skipped.
+Weights decay; biases, normalization scales and shifts and PReLU slopes do not (He et al. 2015
+train the slopes without decay), nor weight norm's gain g (w = g v / ||v||), a per-unit scale;
+its direction v decays. With spectral norm the raw kernel W decays (the layer uses W / sigma_max(W)).
+Frozen parameters are skipped. For trainkit's models this is timm's `p.ndim > 1` rule; it is
+written by kind so that a vector a model trains as a weight (not a bias) is still decayed.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ def is_weight_norm_gain(module: nn.Module, name: str) -> bool:
     return isinstance(module, ParametrizationList) and name == "original0" and any(isinstance(p, _WeightNorm) for p in module)
 
 
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+EXEMPT_MODULES = NORM_TYPES + (nn.PReLU,)
+
+
 def decays(module: nn.Module, name: str, p: nn.Parameter) -> bool:
     """Whether `module`'s own parameter `name` is decayed."""
-    return p.requires_grad and p.ndim > 1 and not is_weight_norm_gain(module, name)
+    return (p.requires_grad and name != "bias" and not isinstance(module, EXEMPT_MODULES)
+            and not is_weight_norm_gain(module, name))
 
 
 def split_by_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
