@@ -31,7 +31,7 @@ CASES = [
                           "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
-                          "optimizer, regularization, logger, paths"),
+                          "optimizer, regularization, logger, paths, diagnostics"),
     (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
                          "on_nan, overfit_batches, precision, progress, seed"),

@@ -98,6 +98,12 @@ def precision(v) -> bool:
 precision.what = "auto, 32, bf16 or 16"
 
 
+def above(n):
+    check = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > n and math.isfinite(v)  # noqa: E731
+    check.what = f"a number > {n}"
+    return check
+
+
 def whole(n):
     check = whole_at_least(n)
     check.what = f"a whole number >= {n}"
@@ -149,17 +155,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "loader": one_of("auto", "device", "workers"), "workers": None,
         "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
         "zca_epsilon": positive, "resize": one_of("center_crop", "stretch"), "split_seed": whole(0),
+        "shuffle_labels": one_of(True, False),
     },
     "augmentation": {"train": None, "eval": None},
     "logger": {"tensorboard": None},
     "logger.tensorboard": {"enabled": one_of(True, False), "image_grid": whole(0)},
     "paths": {"data_dir": None, "output_root": None, "cache_dir": None},
+    "diagnostics": {
+        "sanity": one_of(True, False), "sanity_images": whole(1), "initial_loss_tolerance": positive,
+        "class_imbalance": above(1), "monitor": one_of(True, False), "histograms": one_of(True, False),
+        "vanishing_ratio": fraction_open, "exploding_growth": above(1), "dead_fraction": fraction_open,
+        "update_ratio_low": positive, "update_ratio_high": positive, "diagnosis": one_of(True, False),
+        "overfit_gap": fraction_open, "underfit_acc": fraction_open, "spike": above(1), "slow_progress": fraction_open,
+        "lr_find": None,
+    },
+    "diagnostics.lr_find": {"start_lr": positive, "end_lr": positive, "steps": whole(3),
+                            "smoothing": in_unit_interval_half_open, "diverge": above(1)},
 }
 # The top level of train.yaml: its groups and its own two keys.
 ROOT_KEYS = ("task_name", "resume", "dataset", "augmentation", "model", "norm", "activation", "init", "trainer",
-             "schedule", "optimizer", "regularization", "logger", "paths")
+             "schedule", "optimizer", "regularization", "logger", "paths", "diagnostics")
 # Nodes whose every key the run reads (a dataset's keys depend on the dataset).
-FULLY_READ = ("trainer", "logger.tensorboard", "paths")
+FULLY_READ = ("trainer", "logger.tensorboard", "paths", "diagnostics", "diagnostics.lr_find")
 
 
 def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | None:
@@ -287,6 +304,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
+    check_lr_range(cfg)
     dataset = cfg.get("dataset") or {}
     check_channel_stats(dataset)
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
@@ -294,6 +312,19 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
                         "(rare classes would then outweigh common ones); choose one of them")
     if signatures:
         check_target_signatures(cfg)
+
+
+def check_lr_range(cfg: DictConfig) -> None:
+    """The LR range test sweeps upwards: start below end, and a low threshold below the high one."""
+    lr_find = OmegaConf.select(cfg, "diagnostics.lr_find")
+    if isinstance(lr_find, DictConfig) and not lr_find.start_lr < lr_find.end_lr:
+        raise UserError(f"diagnostics.lr_find.start_lr={lr_find.start_lr} is not allowed with "
+                        f"diagnostics.lr_find.end_lr={lr_find.end_lr}: the range test grows the LR, so start_lr must be "
+                        "below end_lr (1e-7 and 10 by default)")
+    node = cfg.get("diagnostics")
+    if isinstance(node, DictConfig) and not node.update_ratio_low < node.update_ratio_high:
+        raise UserError(f"diagnostics.update_ratio_low={node.update_ratio_low} is not allowed with "
+                        f"diagnostics.update_ratio_high={node.update_ratio_high}: low must be below high")
 
 
 TARGET_GROUPS = ("optimizer", "schedule", "model", "norm", "activation", "init")
