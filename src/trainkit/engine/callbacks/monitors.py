@@ -7,9 +7,8 @@ first time they trip, each with the overrides to try.
 
 Nothing is read back per step: between log steps the callback does nothing (the activation hooks
 return at once); on the step before a log step it copies the weights on the device, and on the
-log step it computes every figure on the device and reads them all with one transfer. torch and
-TensorBoard have no such monitor (Lightning's LearningRateMonitor / GradientAccumulation aside),
-so this is own code.
+log step it computes every figure on the device and reads them all with one transfer. Neither torch
+nor TensorBoard has such a monitor, so this is own code.
 """
 
 from __future__ import annotations
@@ -153,6 +152,8 @@ class Monitors(Callback):
         lr = trainer.step_lr
         found: list[Verdict] = []
         total = math.sqrt(sum(g * g for g in f.grad))
+        if not math.isfinite(total) and trainer.scaler.is_enabled():
+            return  # fp16 loss scaling: an overflowing step is skipped and the scale lowered, as designed
         if self.first_grad_norm is None and math.isfinite(total) and total > 0:
             self.first_grad_norm = total
         if len(f.grad) >= 2 and f.grad[-1] > 0 and f.grad[0] / f.grad[-1] < t.vanishing_ratio:

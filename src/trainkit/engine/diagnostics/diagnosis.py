@@ -20,6 +20,11 @@ TITLES = {HEALTHY: "healthy", OVERFITTING: "overfitting", UNDERFITTING: "underfi
           LR_TOO_LOW: "LR too low"}
 
 
+# An order of magnitude under the rule of thumb's update/weight ratio of 1e-3 (CS231n): steps this
+# small are the LR's doing; larger ones are not "LR too low" however slowly the loss falls.
+SMALL_UPDATES = 1e-4
+
+
 @dataclass
 class Rules:
     overfit_gap: float = 0.05  # train/acc - val/acc over this at the end is a big gap (high variance)
@@ -109,6 +114,8 @@ def lr_too_low(c: Curves, r: Rules) -> Finding | None:
     average_rate = (start - losses[-1]) / len(losses)
     last_rate = losses[-2] - losses[-1]
     tiny_updates = "update_ratio_low" in c.monitor_verdicts
+    if c.update_ratio is not None and c.update_ratio >= SMALL_UPDATES and not tiny_updates:
+        return None  # the steps are a healthy size: a slow fall is the task's difficulty or the model's, not the LR's
     if r.slow_progress < progress < 1 and falling and (last_rate >= r.steady * average_rate or tiny_updates):
         why = (f"the training loss fell only from {start:.3f} to {losses[-1]:.3f} ({progress:.0%} of its start, over "
                f"{r.slow_progress:.0%}) and was still falling at the end ({last_rate:.3g} in the last epoch, "
@@ -127,15 +134,15 @@ def best_epoch(c: Curves) -> int:
 
 
 def overfitting(c: Curves, r: Rules) -> Finding | None:
-    """A big train/val gap at the end that grew: the gap now is larger than at the epoch where val was best."""
+    """A big train/val gap at the end, grown since the first epoch (high variance)."""
     if not c.epochs:
         return None
-    end, best = gap(c.epochs[-1]), best_epoch(c)
-    at_best = gap(c.epochs[best - 1])
-    if end > r.overfit_gap and (best < len(c.epochs) or end > at_best):
+    end, start, best = gap(c.epochs[-1]), gap(c.epochs[0]), best_epoch(c)
+    if end > r.overfit_gap and (end > start or len(c.epochs) == 1):
+        where = (f"{c.monitor} stopped improving at epoch {best} of {len(c.epochs)}" if best < len(c.epochs)
+                 else f"{c.monitor} was still improving at the last epoch")
         return Finding(OVERFITTING, f"train/acc {c.epochs[-1][M.TRAIN_ACC]:.3f} vs val/acc {c.epochs[-1][M.VAL_ACC]:.3f}: "
-                                    f"a gap of {end:.3f} (over {r.overfit_gap:g}); {c.monitor} stopped improving at "
-                                    f"epoch {best} of {len(c.epochs)}",
+                                    f"a gap of {end:.3f} (over {r.overfit_gap:g}, {start:.3f} after epoch 1); {where}",
                        ["'regularization=[l2,dropout]'", "augmentation=flip_crop", "'regularization=[early_stopping]'",
                         "a smaller model (model.hidden / model.channels)", "more training data"])
     return None
