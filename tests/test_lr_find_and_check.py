@@ -45,7 +45,7 @@ def test_lr_find_writes_its_folder_and_its_suggestion_trains_as_well_as_the_defa
     if len(rows) < 100:  # stopped early: the smoothed loss passed 4 x its minimum
         assert smoothed[-1] > 4 * min(smoothed) and "passed 4x" in found["stopped"]
     assert found["override"] == f"optimizer.lr={found['suggestion']:.2g}" and found["override"] in out
-    assert f"trainkit train {found['override']}" in out
+    assert f"train with it: trainkit train paths.output_root={tmp_path / 'out'} {found['override']}\n" in out
     assert 1e-5 < found["suggestion"] < 1e-1
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "out" / "runs").exists()  # no run touched
     default = test_accuracy(tmp_path, "default", "trainer.epochs=5")

@@ -2,7 +2,7 @@
 
 It trains a fresh copy of the configured model with the LR growing exponentially from
 diagnostics.lr_find.start_lr to end_lr, one step per LR, and suggests an LR from the smoothed loss
-(fastai's "valley"). It writes lr_find.csv, lr_find.png and lr_find.json into a folder of its own
+(a tenth of the LR at the smoothed loss's minimum). It writes lr_find.csv, lr_find.png and lr_find.json into a folder of its own
 (<paths.output_root>/lr_find/<time>_<task_name>) and restores nothing into any run.
 """
 
@@ -23,8 +23,8 @@ from trainkit.errors import UserError
 class Found:
     folder: Path
     suggestion: float
+    valley: float
     steepest: float
-    minimum_over_10: float
     steps: int
     stopped: str
 
@@ -67,7 +67,7 @@ def find_lr(cfg: DictConfig, folder: Path) -> Found:
     if len(result.lrs) < 3:
         raise UserError(f"diagnostics.lr_find.start_lr={settings.start_lr}: the loss blew up within {len(result.lrs)} "
                         f"step(s) ({result.stopped}); start lower")
-    found = Found(folder, result.suggestion(), result.steepest(), result.minimum_over_10(), len(result.lrs), result.stopped)
+    found = Found(folder, result.suggestion(), result.valley(), result.steepest(), len(result.lrs), result.stopped)
     write_files(folder, result, found, cfg)
     return found
 
@@ -85,8 +85,9 @@ def write_files(folder: Path, result, found: Found, cfg: DictConfig) -> None:
         for i, (lr, loss, smooth) in enumerate(zip(result.lrs, result.losses, result.smoothed), start=1):
             writer.writerow([i, f"{lr:.6g}", f"{loss:.6g}", f"{smooth:.6g}"])
     (folder / "lr_find.json").write_text(json.dumps({
-        "suggestion": found.suggestion, "override": found.override(), "steepest": found.steepest,
-        "minimum_over_10": found.minimum_over_10, "steps": found.steps, "stopped": found.stopped,
+        "suggestion": found.suggestion, "rule": "a tenth of the LR at the smoothed loss's minimum",
+        "override": found.override(), "valley": found.valley, "steepest": found.steepest, "steps": found.steps,
+        "stopped": found.stopped,
         "optimizer": OmegaConf.to_container(cfg.optimizer, resolve=True)}, indent=2))
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     plot(result, found.suggestion, folder / "lr_find.png", title=f"{cfg.model._target_.rsplit('.', 1)[-1]}, "
@@ -127,8 +128,8 @@ def main(cfg: DictConfig, overrides: list[str], sources=None) -> Found:
     folder = new_folder(cfg, "lr_find")
     found = find_lr(cfg, folder)
     report(f"lr-find: {found.steps} steps from lr {cfg.diagnostics.lr_find.start_lr:g}; stopped: {escape(found.stopped)}")
-    report(f"suggested LR: {found.suggestion:.2g} (fastai's valley; steepest descent {found.steepest:.2g}, "
-           f"minimum / 10 {found.minimum_over_10:.2g})")
+    report(f"suggested LR: {found.suggestion:.2g} (a tenth of the LR at the smoothed loss's minimum; fastai's valley "
+           f"{found.valley:.2g}, steepest descent {found.steepest:.2g})")
     report(f"train with it: {escape(train_command(overrides, found.override()))}")
     report(f"wrote {escape(str(folder / 'lr_find.png'))} and lr_find.csv")
     return found
