@@ -30,9 +30,9 @@ def monitor_verdicts(record: dict) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory):
-    """The defaults (cnn, adam, digits), 3 epochs."""
+    """The defaults (cnn, adam, digits), 3 epochs; with the (off by default) histograms."""
     tmp = tmp_path_factory.mktemp("healthy")
-    record, out = train(tmp, "run", "trainer.epochs=3")
+    record, out = train(tmp, "run", "trainer.epochs=3", "diagnostics.histograms=true")
     return tmp / "run", record, out
 
 
@@ -64,10 +64,12 @@ def test_monitors_log_per_layer_figures_and_the_diagnosis_to_tensorboard(healthy
     assert 1e-5 < ratios[1] < 1e-1  # adam at 1e-3 on a healthy net: within two decades of the 1e-3 rule of thumb
     steps = [s for s, _ in scalars["diagnostics/grad_norm/classifier"]]
     assert steps[:3] == [1, 10, 20]  # every trainer.log_every_n_steps, and the first step
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0, "histograms": 0})
     acc.Reload()
     text = acc.Tensors("diagnostics/diagnosis/text_summary")[0].tensor_proto.string_val[0].decode()
     assert text.startswith("diagnosis: healthy")
+    assert len(acc.Histograms("diagnostics/weights/classifier")) == 3  # one per epoch
+    assert "diagnostics/gradients/features.0.0" in acc.Tags()["histograms"]
 
 
 def test_large_gaussian_init_trips_the_initial_loss_check(tmp_path):

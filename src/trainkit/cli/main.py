@@ -150,7 +150,7 @@ def command_being_completed() -> str | None:
     words = line.split(" ")
     if len(words) <= 2:  # `trainkit <TAB>` or `trainkit tr<TAB>`
         typed = words[1] if len(words) == 2 else ""
-        print(" ".join(c for c in APPS if c.startswith(typed)))
+        print(" ".join(c for c in [*APPS, *TOOLS] if c.startswith(typed)))
         return None
     command = words[1]
     if command not in APPS:
