@@ -32,6 +32,7 @@ def one_run(folder: Path, monitor: bool, args) -> float:
         overrides.append(f"dataset.data_dir={args.data_dir}")
     overrides += [f"trainer.epochs={args.epochs}", f"diagnostics.monitor={str(monitor).lower()}", "trainer.progress=false",
                   "diagnostics.sanity=false", "diagnostics.diagnosis=false", "logger.tensorboard.image_grid=0",
+                  "trainer.limit_test_batches=1",  # the test pass is not part of an epoch's seconds
                   f"hydra.run.dir={folder}"]
     if args.limit_train_batches:
         overrides.append(f"trainer.limit_train_batches={args.limit_train_batches}")
