@@ -93,8 +93,8 @@ def run_tool(command: str, args: list[str]) -> None:
     from trainkit.errors import user_error_in
 
     if any(a in ("-h", "--help") for a in args):
-        print(f"usage: trainkit {command} [overrides] [--config-dir DIR] [--config-name NAME]\n"
-              f"{next(line for line in USAGE.splitlines() if line.strip().startswith(command))}")
+        doc = __import__(TOOLS[command], fromlist=["main"]).__doc__
+        print(f"usage: trainkit {command} [overrides] [--config-dir DIR] [--config-name NAME]\n\n{doc.strip()}")
         return
     try:
         parsed, options, overrides = hydra_arguments(args)
