@@ -31,7 +31,7 @@ CASES = [
                           "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
-                          "optimizer, regularization, logger, paths"),
+                          "optimizer, regularization, logger, paths, diagnostics"),
     (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
                          "on_nan, overfit_batches, precision, progress, seed"),
@@ -58,6 +58,15 @@ CASES = [
     (["paths.output_root=mlp_run/metrics.json"],
      "hydra.run.dir='mlp_run/metrics.json/runs/RUN' is not allowed: WORKDIR/mlp_run/metrics.json is a file, not a folder"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
+    (["+diagnostics.vanish_ratio=0.1"], "diagnostics.vanish_ratio=0.1: unknown key (did you mean vanishing_ratio?); diagnostics "
+                                        "takes class_imbalance, dead_fraction, diagnosis, exploding_growth, histograms, "
+                                        "initial_loss_tolerance, lr_find, monitor, overfit_gap, sanity, sanity_images, "
+                                        "slow_progress, spike, underfit_acc, update_ratio_high, update_ratio_low, vanishing_ratio"),
+    (["diagnostics.initial_loss_tolerance=-1"], "diagnostics.initial_loss_tolerance=-1 is not allowed: a number > 0"),
+    (["diagnostics.overfit_gap=-0.05"], "diagnostics.overfit_gap=-0.05 is not allowed: a number strictly between 0 and 1"),
+    (["diagnostics.lr_find.start_lr=10", "diagnostics.lr_find.end_lr=1e-3"],
+     "diagnostics.lr_find.start_lr=10 is not allowed with diagnostics.lr_find.end_lr=0.001: the range test grows the LR, "
+     "so start_lr must be below end_lr (1e-7 and 10 by default)"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: a number > 0"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number > 0"),
     (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a number in [0, 1)"),
@@ -338,4 +347,4 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, args, message):
 def test_unknown_command(tmp_path):
     result = run_trainkit("trian", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "error: trainkit trian: unknown command; the commands are train, preview (trainkit --help)\n"
+    assert result.stderr == "error: trainkit trian: unknown command; the commands are train, preview, check, lr-find (trainkit --help)\n"

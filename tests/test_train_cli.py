@@ -107,7 +107,7 @@ def test_help_lists_groups_and_options(tmp_path):
 
 
 @pytest.mark.parametrize("line,offered", [
-    ("trainkit ", "train preview"),
+    ("trainkit ", "train preview check lr-find"),
     ("trainkit train optimizer=ad", "optimizer=adagrad optimizer=adam optimizer=adamw"),
     ("trainkit train trainer.ep", "trainer.epochs="),
     ("trainkit preview ou", "out="),

@@ -20,15 +20,22 @@ commands:
   train     train a classifier from the composed config (a Hydra app: -m for sweeps,
             --cfg job to print the config, --help to list the groups and options)
   preview   write a PNG grid of augmented training images, without training
+  check     the lectures' sanity sequence on the composed config: initial loss, overfit a
+            tiny subset, regularization, LR range test, one timed epoch (a table of verdicts)
+  lr-find   the LR range test (Smith 2017): suggests optimizer.lr, writes lr_find.png/.csv
 
 examples:
   trainkit train
   trainkit train optimizer=adamw schedule=cosine 'regularization=[l2,dropout]'
   trainkit train -m optimizer=sgd,adam schedule=cosine,step
   trainkit preview dataset=cifar10 augmentation=flip_crop out=grid.png
+  trainkit check model=mlp
+  trainkit lr-find optimizer=sgd
 """
 
 APPS = {"train": "trainkit.cli.train", "preview": "trainkit.cli.preview"}
+# Commands that are not Hydra apps: they compose the config once, here, and write into a folder of their own.
+TOOLS = {"check": "trainkit.cli.check", "lr-find": "trainkit.cli.lr_find"}
 ROOT_CONFIGS = {"train": "train", "preview": "preview"}
 # Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
@@ -55,8 +62,11 @@ def main(argv: list[str] | None = None) -> None:
             return
         argv = [command, *argv]
     command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        run_tool(command, rest)
+        return
     if command not in APPS:
-        fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
+        fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *TOOLS])} (trainkit --help)")
     try:
         rest = prepare(command, rest)
     except UserError as e:
@@ -75,6 +85,39 @@ def main(argv: list[str] | None = None) -> None:
         failed = summary.FAILED_JOBS
         print(f"error: {len(failed)} sweep job(s) did not complete: {', '.join(failed)} (see summary.csv)", file=sys.stderr)
         raise SystemExit(1)
+
+
+def run_tool(command: str, args: list[str]) -> None:
+    """`trainkit check` / `trainkit lr-find`: the overrides composed and checked as for `train`, then the tool."""
+    from trainkit.cli import preflight
+    from trainkit.errors import user_error_in
+
+    if any(a in ("-h", "--help") for a in args):
+        doc = __import__(TOOLS[command], fromlist=["main"]).__doc__
+        print(f"usage: trainkit {command} [overrides] [--config-dir DIR] [--config-name NAME]\n\n{doc.strip()}")
+        return
+    try:
+        parsed, options, overrides = hydra_arguments(args)
+        extra, takes_value = [], False
+        for option in options:
+            if not takes_value and option.split("=")[0] not in ("--config-dir", "-cd", "--config-name", "-cn"):
+                extra.append(option)
+            takes_value = not takes_value and option in ("--config-dir", "-cd", "--config-name", "-cn")
+        if extra or parsed.multirun:
+            raise UserError(f"trainkit {command} takes overrides, --config-dir and --config-name; "
+                            f"{(extra or ['-m'])[0]} is not allowed (it runs once, on one config)")
+        sources = preflight.ConfigSources(dirs=(config_dir(parsed.config_dir),) if parsed.config_dir else (),
+                                          name=parsed.config_name or "train")
+        cfg = preflight.compose_checked(overrides, sources).cfg
+        __import__(TOOLS[command], fromlist=["main"]).main(cfg, overrides, sources)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:
+        user_error = user_error_in(e)
+        if user_error is None:
+            raise
+        fail(str(user_error))
 
 
 def keep_standard_streams_open() -> None:
@@ -107,7 +150,7 @@ def command_being_completed() -> str | None:
     words = line.split(" ")
     if len(words) <= 2:  # `trainkit <TAB>` or `trainkit tr<TAB>`
         typed = words[1] if len(words) == 2 else ""
-        print(" ".join(c for c in APPS if c.startswith(typed)))
+        print(" ".join(c for c in [*APPS, *TOOLS] if c.startswith(typed)))
         return None
     command = words[1]
     if command not in APPS:

@@ -34,7 +34,7 @@ from trainkit.errors import UserError, allowed
 from trainkit.metrics import MONITORABLE, natural_mode
 
 # Nodes whose every key the run reads (a dataset's keys depend on the dataset).
-FULLY_READ = ("trainer", "logger.tensorboard", "paths")
+FULLY_READ = ("trainer", "logger.tensorboard", "paths", "diagnostics", "diagnostics.lr_find")
 
 
 def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | None:
@@ -108,6 +108,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
+    check_lr_range(cfg)
     dataset = cfg.get("dataset") or {}
     check_channel_stats(dataset)
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
@@ -115,6 +116,19 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
                         "(rare classes would then outweigh common ones); choose one of them")
     if signatures:
         check_target_signatures(cfg)
+
+
+def check_lr_range(cfg: DictConfig) -> None:
+    """The LR range test sweeps upwards: start below end, and a low threshold below the high one."""
+    lr_find = OmegaConf.select(cfg, "diagnostics.lr_find")
+    if isinstance(lr_find, DictConfig) and not lr_find.start_lr < lr_find.end_lr:
+        raise UserError(f"diagnostics.lr_find.start_lr={lr_find.start_lr} is not allowed with "
+                        f"diagnostics.lr_find.end_lr={lr_find.end_lr}: the range test grows the LR, so start_lr must be "
+                        "below end_lr (1e-7 and 10 by default)")
+    node = cfg.get("diagnostics")
+    if isinstance(node, DictConfig) and not node.update_ratio_low < node.update_ratio_high:
+        raise UserError(f"diagnostics.update_ratio_low={node.update_ratio_low} is not allowed with "
+                        f"diagnostics.update_ratio_high={node.update_ratio_high}: low must be below high")
 
 
 TARGET_GROUPS = ("optimizer", "schedule", "model", "norm", "activation", "init")

@@ -54,6 +54,11 @@ def in_unit_interval_half_open(v) -> bool:
     return number(v) and 0 <= v < 1
 
 
+def above(n):
+    """A finite number > n (a threshold that multiplies)."""
+    return rule(f"a number > {n}")(lambda v: number(v) and v > n and math.isfinite(v))
+
+
 @rule("a number in [0, 1]")
 def probability(v) -> bool:
     return number(v) and 0 <= v <= 1

@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from trainkit.config.rules import (device_name, fraction_open, in_unit_interval_half_open, nested, non_negative, norm_order,
+from trainkit.config.rules import (above, device_name, fraction_open, in_unit_interval_half_open, nested, non_negative, norm_order,
                                    one_of, optional, pixel_means, pixel_stds, positive, precision, probability, rule, ruled, seed,
                                    split_seed, whole)
 from trainkit.metrics import MODES, MONITORABLE
@@ -76,6 +76,7 @@ class DatasetConfig:
     workers: Any = ruled(auto_or_whole)  # DataLoader worker processes
     class_weights: Any = ruled(one_of(None, "auto"))
     balanced_sampler: bool = ruled(yes_or_no)
+    shuffle_labels: bool = ruled(yes_or_no)  # the memorisation check: random training labels
 
 
 @dataclass
@@ -119,6 +120,38 @@ class PathsConfig:
     data_dir: Optional[str] = ruled()
     output_root: Optional[str] = ruled()
     cache_dir: Optional[str] = ruled()
+
+
+@dataclass
+class LrFindConfig:
+    start_lr: float = ruled(positive)
+    end_lr: float = ruled(positive)
+    steps: int = ruled(whole(3))
+    smoothing: float = ruled(in_unit_interval_half_open)
+    diverge: float = ruled(above(1))
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Start-of-run checks, monitors, the end-of-run diagnosis and the LR range test (issue 11)."""
+
+    sanity: bool = ruled(yes_or_no)
+    sanity_images: int = ruled(whole(1))
+    initial_loss_tolerance: float = ruled(positive)
+    class_imbalance: float = ruled(above(1))
+    monitor: bool = ruled(yes_or_no)
+    histograms: bool = ruled(yes_or_no)
+    vanishing_ratio: float = ruled(fraction_open)
+    exploding_growth: float = ruled(above(1))
+    dead_fraction: float = ruled(fraction_open)
+    update_ratio_low: float = ruled(positive)
+    update_ratio_high: float = ruled(positive)
+    diagnosis: bool = ruled(yes_or_no)
+    overfit_gap: float = ruled(fraction_open)
+    underfit_acc: float = ruled(fraction_open)
+    spike: float = ruled(above(1))
+    slow_progress: float = ruled(fraction_open)
+    lr_find: LrFindConfig = nested(LrFindConfig)
 
 
 # -- regularization: each entry of the list group is its own node ----------------------------------
@@ -202,6 +235,7 @@ class RootConfig:
     regularization: Any = ruled()
     logger: Any = ruled()
     paths: Any = ruled()
+    diagnostics: Any = ruled()
 
 
 @dataclass
@@ -216,11 +250,12 @@ ROOT_KEYS = tuple(f.name for f in dataclasses.fields(RootConfig))
 # The schema of each plain group; a node of a dataset a user wrote without naming a schema gets
 # the widest one (every dataset key).
 SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "dataset": ImageFolderConfig, "augmentation": AugmentationConfig,
-                            "logger": LoggerConfig, "paths": PathsConfig}
+                            "logger": LoggerConfig, "paths": PathsConfig,
+                            "diagnostics": DiagnosticsConfig}
 STORED = {"train_schema": RootConfig, "preview_schema": PreviewConfig, "trainer_schema": TrainerConfig,
           "dataset_schema": DatasetConfig, "digits_dataset_schema": DigitsConfig, "stl10_dataset_schema": Stl10Config,
           "imagefolder_dataset_schema": ImageFolderConfig, "augmentation_schema": AugmentationConfig,
-          "logger_schema": LoggerConfig, "paths_schema": PathsConfig,
+          "logger_schema": LoggerConfig, "paths_schema": PathsConfig, "diagnostics_schema": DiagnosticsConfig,
           **{f"{name}_regularization_schema": schema for name, schema in REGULARIZATION.items()}}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from trainkit.data.augmentation import augment, build_pipeline
-from trainkit.data.datasets import build_splits
+from trainkit.data.datasets import build_splits, shuffle_train_labels
 from trainkit.data.sources import DataSpec, Splits
 from trainkit.data.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_ops
 from trainkit.config.rules import require, rule_of
@@ -124,6 +124,8 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
 def build_data(cfg, device: torch.device) -> Data:
     seed = int(cfg.trainer.seed)  # the data order and the augmentation draws
     splits = build_splits(cfg.dataset, int(cfg.dataset.get("split_seed", 0)))  # which images are held out
+    if cfg.dataset.get("shuffle_labels"):
+        splits = shuffle_train_labels(splits, seed)
     if cfg.trainer.get("overfit_batches"):  # debug=overfit: the same few images every epoch
         splits = fixed_subset(splits, int(cfg.trainer.overfit_batches), int(cfg.trainer.batch_size), seed)
     spec = splits.spec

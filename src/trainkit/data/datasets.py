@@ -183,6 +183,15 @@ def build_splits(cfg, seed: int) -> Splits:
     return Splits(train, full.subset(split["val"]), test, spec_from_config(cfg, full, train, test))
 
 
+def shuffle_train_labels(splits: Splits, seed: int) -> Splits:
+    """dataset.shuffle_labels: the training labels permuted at random (Zhang et al. 2017, "Understanding
+    deep learning requires rethinking generalization"): a network can still memorise them, so the
+    overfit check passes, while validation and test, left with their true labels, fall to chance.
+    A permutation keeps each class's count, so only the pairing of image and label is lost."""
+    labels = np.random.default_rng(seed).permutation(splits.train.labels)
+    return Splits(ArraySource(splits.train.images, labels), splits.val, splits.test, splits.spec)
+
+
 def spec_from_config(cfg, full: ArraySource, train: ArraySource, test: ArraySource) -> DataSpec:
     """The config's description of the data, checked against the images.
 

@@ -41,7 +41,35 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
     callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
     callbacks.append(ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps))
     callbacks.append(record)
+    callbacks += diagnostic_callbacks(cfg, record, tensorboard=next((c for c in callbacks if isinstance(c, TensorBoardLogger)), None))
     return CallbackList(callbacks)
+
+
+def diagnostic_callbacks(cfg: DictConfig, record: RunRecord, tensorboard=None) -> list:
+    """diagnostics.sanity, .monitor and .diagnosis: the start checks, the monitors, the end-of-run diagnosis."""
+    from trainkit.engine.callbacks.diagnosis import Diagnosis
+    from trainkit.engine.callbacks.monitors import Monitors, Thresholds
+    from trainkit.engine.callbacks.sanity import SanityChecks
+    from trainkit.engine.diagnostics.diagnosis import Rules
+
+    d = cfg.diagnostics
+
+    def publish(name: str, value) -> None:
+        record.update(diagnostics={**record.data.get("diagnostics", {}), name: value})
+
+    found, monitors = [], None
+    if d.sanity:
+        weighted = cfg.dataset.get("class_weights") == "auto" or bool(cfg.dataset.get("balanced_sampler"))
+        found.append(SanityChecks(d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted, publish))
+    if d.monitor:
+        thresholds = Thresholds(d.vanishing_ratio, d.exploding_growth, d.dead_fraction, d.update_ratio_low, d.update_ratio_high)
+        monitors = Monitors(cfg.trainer.log_every_n_steps, thresholds, tensorboard, d.histograms, publish)
+        found.append(monitors)
+    if d.diagnosis:
+        rules = Rules(d.overfit_gap, d.underfit_acc, d.spike, d.slow_progress)
+        found.append(Diagnosis(rules, cfg.trainer.log_every_n_steps, cfg.trainer.monitor, monitor_mode(cfg), monitors,
+                               tensorboard, lambda findings: record.update(diagnosis=findings)))
+    return found
 
 
 def monitor_mode(cfg: DictConfig) -> str:

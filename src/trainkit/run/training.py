@@ -91,39 +91,23 @@ def keep_best_in_new_folder(best: Best, path: Path, payload: dict) -> None:
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
                   started: float | None = None) -> tuple[Trainer, RunRecord]:
     """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
-    from torch import nn
-
-    from trainkit.components.assembly import build_model
     from trainkit.engine.checkpoints import load_model_state
     from trainkit.config.check import config_hash
     from trainkit.config.schema import TrainerConfig, typed
-    from trainkit.data.build import build_data
-    from trainkit.engine.devices import resolve_device, resolve_precision
     from trainkit.engine.interrupts import StopRequest
     from trainkit.engine.loop import Trainer, steps_per_epoch
-    from trainkit.components.optimizers import build_optimizer, needs_closure
+    from trainkit.components.optimizers import needs_closure
     from trainkit.console import report
-    from trainkit.components.regularization import Regularizers
     from trainkit.components.schedules import build_schedule
-    from trainkit.engine.seeding import seed_everything
     from trainkit.engine.tracking import Best
 
-    device = resolve_device(cfg.trainer.device)
-    amp_dtype = resolve_precision(cfg.trainer.precision, device)
-    seed_everything(int(cfg.trainer.seed))
-
-    data = build_data(cfg, device)
-    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
-    model = build_model(cfg, data.spec, regularizers.dropout).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
     if needs_closure(optimizer) and steps > 1:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
                       f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
     schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
-    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
     best = Best(cfg.trainer.monitor, monitor_mode(cfg))
     record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started)
@@ -153,6 +137,30 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     return trainer, record
 
 
+def build_parts(cfg: DictConfig):
+    """(device, amp dtype, data, regularizers, model, optimizer, loss) as a run starts them, seeded:
+    also what `trainkit lr-find` and `trainkit check` train with."""
+    from torch import nn
+
+    from trainkit.components.assembly import build_model
+    from trainkit.components.optimizers import build_optimizer
+    from trainkit.components.regularization import Regularizers
+    from trainkit.data.build import build_data
+    from trainkit.engine.devices import resolve_device, resolve_precision
+    from trainkit.engine.seeding import seed_everything
+
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    seed_everything(int(cfg.trainer.seed))
+    data = build_data(cfg, device)
+    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
+    model = build_model(cfg, data.spec, regularizers.dropout).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
+    return device, amp_dtype, data, regularizers, model, optimizer, criterion
+
+
 def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
     """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
     from rich.markup import escape
@@ -175,6 +183,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         if status == Status.DIVERGED:
             record.update(**summary, status=Status.DIVERGED)
             report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
+            for line in trainer.callbacks.summary:
+                report(escape(line), error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
             report(escape(stopped_early))
@@ -186,6 +196,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
     report_results(f"results: {run_dir}", rows)
+    for line in trainer.callbacks.summary:
+        report(escape(line))
     if cfg.trainer.get("overfit_batches"):
         verdict = memorisation_verdict(trainer.last_metrics, images=len(trainer.data.splits.train), epochs=trainer.epoch)
         record.update(overfit_check=verdict.as_record())

@@ -41,6 +41,11 @@ class Callback:
         """One line for the run's summary when this callback stopped the run early, else None."""
         return None
 
+    @property
+    def summary(self) -> list[str]:
+        """Lines for under the run's results table (the end-of-run diagnosis), else none."""
+        return []
+
     def state_dict(self) -> dict:
         return {}
 
@@ -92,6 +97,10 @@ class CallbackList:
     @property
     def stop_reason(self) -> str | None:
         return next((cb.stop_reason for cb in self.callbacks if cb.stop_reason is not None), None)
+
+    @property
+    def summary(self) -> list[str]:
+        return [line for cb in self.callbacks for line in cb.summary]
 
     def state_dict(self) -> dict:
         return {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key is not None}
