@@ -20,16 +20,25 @@ commands:
   train     train a classifier from the composed config (a Hydra app: -m for sweeps,
             --cfg job to print the config, --help to list the groups and options)
   preview   write a PNG grid of augmented training images, without training
+  eval      measure a trained run on a split: per-class accuracy, confusion, calibration, TTA
+  ensemble  average the softmax of several runs (or a sweep's best, or one run's snapshots)
+  predict   top-k classes of image files with a run's model and preprocessing
+  export    write a run's model as TorchScript or ONNX, loadable without trainkit
 
 examples:
   trainkit train
   trainkit train optimizer=adamw schedule=cosine 'regularization=[l2,dropout]'
   trainkit train -m optimizer=sgd,adam schedule=cosine,step
   trainkit preview dataset=cifar10 augmentation=flip_crop out=grid.png
+  trainkit eval outputs/runs/<run> tta=ten_crop
+  trainkit predict outputs/runs/<run> cat.png dog.png
 """
 
 APPS = {"train": "trainkit.cli.train", "preview": "trainkit.cli.preview"}
 ROOT_CONFIGS = {"train": "train", "preview": "preview"}
+# Subcommands on finished runs: each module's main(argv) reads its own arguments.
+COMMANDS = {"eval": "trainkit.cli.eval", "ensemble": "trainkit.cli.ensemble", "predict": "trainkit.cli.predict",
+            "export": "trainkit.cli.export"}
 # Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
 # Hydra flags that print the composed config instead of running: it is checked, but nothing is built.
@@ -55,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         argv = [command, *argv]
     command, rest = argv[0], argv[1:]
+    if command in COMMANDS:
+        return run_command(command, rest)
     if command not in APPS:
-        fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
+        fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *COMMANDS])} (trainkit --help)")
     try:
         rest = prepare(command, rest)
     except UserError as e:
@@ -75,6 +86,17 @@ def main(argv: list[str] | None = None) -> None:
         failed = summary.FAILED_JOBS
         print(f"error: {len(failed)} sweep job(s) did not complete: {', '.join(failed)} (see summary.csv)", file=sys.stderr)
         raise SystemExit(1)
+
+
+def run_command(command: str, args: list[str]) -> None:
+    """A subcommand of COMMANDS: a user error is one line and exit code 2."""
+    try:
+        __import__(COMMANDS[command], fromlist=["main"]).main(args)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def keep_standard_streams_open() -> None:
