@@ -41,7 +41,7 @@ def export(loaded: LoadedRun, fmt: str, out: Path | None = None) -> tuple[Path, 
     example = torch.randint(0, 256, (2, spec.in_channels, spec.image_size, spec.image_size), dtype=torch.uint8)
     data = torchscript_bytes(wrapped, example) if fmt == "torchscript" else onnx_bytes(wrapped, example)
     atomic_write_bytes(path, data)
-    info = path.with_name(path.name.removesuffix(FORMATS[fmt]) + ".json")
+    info = path.with_name(path.name + ".json")
     atomic_write_text(info, json.dumps({
         "format": fmt, "file": path.name, "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch,
         "input": {"dtype": "uint8", "layout": "NCHW", "shape": [None, spec.in_channels, spec.image_size, spec.image_size],
@@ -53,11 +53,14 @@ def export(loaded: LoadedRun, fmt: str, out: Path | None = None) -> tuple[Path, 
 
 def torchscript_bytes(module: torch.nn.Module, example: torch.Tensor) -> bytes:
     import io
+    import warnings
 
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.9+ calls TorchScript deprecated in favour of torch.export; it is still what
+        # C++ (libtorch) and older deployments load, and torch.jit.load reads it with torch alone.
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.trace(module, example), buffer)
     return buffer.getvalue()
 
 
@@ -68,7 +71,13 @@ def onnx_bytes(module: torch.nn.Module, example: torch.Tensor) -> bytes:
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise UserError(f"--format onnx needs the package(s) {', '.join(missing)}: pip install 'trainkit[onnx]'")
-    buffer = io.BytesIO()
-    torch.onnx.export(module, (example,), buffer, input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    return buffer.getvalue()
+    import contextlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+        path = Path(folder) / "model.onnx"
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.onnx.export(module, (example,), input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+        program.save(str(path))
+        return path.read_bytes()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from trainkit.engine.callbacks.base import Callback
 from trainkit.engine.checkpoints import save_checkpoint
-from trainkit.errors import UserError, allowed
 
 SNAPSHOT_DIR = "snapshots"  # under the run's checkpoints/
 
@@ -27,14 +26,9 @@ class Snapshots(Callback):
     order = 32  # after BestCheckpoint and LastCheckpoint: a snapshot never delays last.pt
 
     def __init__(self, checkpoint_dir: Path, every_n_epochs: int | None = None, cycle: dict | None = None):
-        if every_n_epochs is not None and not (isinstance(every_n_epochs, int) and not isinstance(every_n_epochs, bool)
-                                               and every_n_epochs >= 1):
-            raise allowed("callbacks.snapshots.every_n_epochs", every_n_epochs,
-                          "null (at the end of each schedule=cosine_restarts cycle) or a whole number of epochs >= 1")
+        # The config's rules (config/check.py) refuse a bad every_n_epochs, and null without restarts.
         if every_n_epochs is None and cycle is None:
-            raise UserError("callbacks.snapshots.every_n_epochs=null saves a snapshot at the end of each cosine_restarts "
-                            "cycle, and this run has no restarts: use schedule=cosine_restarts, or set "
-                            "callbacks.snapshots.every_n_epochs=N")
+            raise ValueError("Snapshots needs every_n_epochs or a cosine_restarts cycle")
         self.folder = Path(checkpoint_dir) / SNAPSHOT_DIR
         self.every_n_epochs, self.cycle = every_n_epochs, cycle
         self.epochs: set[int] = set()
@@ -63,3 +57,11 @@ def cycle_end_epochs(steps_per_epoch: int, epochs: int, cycle_epochs: float, cyc
             return ends
         ends.add(epoch)
         length *= int(cycle_mult)
+
+
+def restart_cycle(schedule) -> dict | None:
+    """The cycle settings of a schedule=cosine_restarts config, or None for any other schedule."""
+    if not str(schedule.get("_target_", "")).endswith(".cosine_restarts"):
+        return None
+    return {"cycle_epochs": schedule.cycle_epochs, "cycle_mult": schedule.cycle_mult,
+            "warmup_epochs": schedule.get("warmup_epochs", 0) or 0, "warmup_steps": schedule.get("warmup_steps", 0) or 0}
