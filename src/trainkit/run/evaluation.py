@@ -109,14 +109,13 @@ def dataset_for(loaded: LoadedRun, cfg: DictConfig) -> DictConfig | None:
     for override in dotted:
         key, _, value = override.lstrip("+~").partition("=")
         leaf = key.removeprefix("dataset.")
-        if OmegaConf.select(base, leaf, default=_ABSENT) is _ABSENT:
+        parent, _, name = leaf.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if not isinstance(node, DictConfig) or name not in node.keys():  # `in node` is False for a ??? value
             raise UserError(f"{override}: there is no key '{key}' in the dataset config; dataset takes "
                             f"{', '.join(sorted(str(k) for k in base))}")
         OmegaConf.update(base, leaf, _yaml_value(value), merge=False)
     return base
-
-
-_ABSENT = object()
 
 
 def _yaml_value(text: str):
