@@ -315,3 +315,19 @@ def test_incompatible_ensemble_is_refused(runs, tmp_path):
     assert result.stderr.strip().count("\n") == 0
     assert "test splits hold different images (dataset.test_fraction 0.2 vs 0.3)" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_no_callbacks_picked_keeps_the_config_hash_of_older_runs(compose_train):
+    """resume=auto finds runs by config hash: the empty callbacks node must not change it."""
+    from omegaconf import OmegaConf, open_dict
+
+    from trainkit.config.check import config_hash
+
+    cfg = compose_train()
+    older = cfg.copy()
+    with open_dict(older):
+        del older["callbacks"]
+    assert "callbacks" in cfg and config_hash(cfg) == config_hash(older)
+    assert config_hash(compose_train("callbacks=[snapshots]", "schedule=cosine_restarts")) != \
+        config_hash(compose_train("schedule=cosine_restarts"))
+    assert OmegaConf.to_container(compose_train("callbacks=[snapshots]").callbacks) == {"snapshots": {"every_n_epochs": None}}
