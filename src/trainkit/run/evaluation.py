@@ -132,7 +132,7 @@ def recorded_figures(loaded: LoadedRun, split: str) -> dict:
     """What the run recorded for this split: metrics.json's test figures, the checkpoint's val ones."""
     from trainkit.run.record import RunRecord
 
-    if split == "test" and loaded.run_dir is not None:
+    if split == "test" and loaded.run_dir is not None and loaded.checkpoint.name == "best.pt":  # what the run tested
         record = RunRecord.read(loaded.run_dir) or {}
         return {k: v for k, v in (record.get("test") or {}).items() if k.startswith("test/")}
     if split == "val":
