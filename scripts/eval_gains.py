@@ -45,11 +45,14 @@ def main() -> None:
     rows = {}
     for run in runs:
         for tta in args.tta:
-            trainkit("eval", str(run), f"tta={tta}")
-            report = json.loads((run / "eval" / f"test_tta-{tta}.json").read_text())
+            path = run / "eval" / f"test_tta-{tta}.json"
+            if not path.is_file():  # a rerun only prints the table again
+                trainkit("eval", str(run), f"tta={tta}")
+            report = json.loads(path.read_text())
             rows.setdefault("no TTA", []).append(report["plain"]["acc"])
             rows.setdefault(f"tta={tta}", []).append(report["with_tta"]["acc"])
-    trainkit("ensemble", str(sweep))
+    if not list((sweep / "eval").glob("ensemble_*-runs_test.json")):
+        trainkit("ensemble", str(sweep))
     ensemble = json.loads(next((sweep / "eval").glob("ensemble_*-runs_test.json")).read_text())
     print(f"{len(runs)} runs ({' '.join(args.overrides)}), test images: {ensemble['plain']['images']}; "
           f"training {trained - started:.0f} s, evaluation {time.time() - trained:.0f} s, "
