@@ -13,7 +13,7 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src"
 # The layers, top (0) to bottom. A module's layer is that of its longest prefix here.
 RANK = {
-    "trainkit": 0, "trainkit.__main__": 0, "trainkit.cli": 0,
+    "trainkit": 0, "trainkit.__main__": 0, "trainkit.cli": 0, "trainkit.reports": 0,
     "trainkit.run": 1,
     "trainkit.engine": 2,
     "trainkit.components": 3, "trainkit.data": 3,

@@ -23,6 +23,10 @@ commands:
   check     the lectures' sanity sequence on the composed config: initial loss, overfit a
             tiny subset, regularization, LR range test, one timed epoch (a table of verdicts)
   lr-find   the LR range test (Smith 2017): suggests optimizer.lr, writes lr_find.png/.csv
+  eval      measure a trained run on a split: per-class accuracy, confusion, calibration, TTA
+  ensemble  average the softmax of several runs (or a sweep's best, or one run's snapshots)
+  predict   top-k classes of image files with a run's model and preprocessing
+  export    write a run's model as TorchScript or ONNX, loadable without trainkit
 
 examples:
   trainkit train
@@ -31,12 +35,17 @@ examples:
   trainkit preview dataset=cifar10 augmentation=flip_crop out=grid.png
   trainkit check model=mlp
   trainkit lr-find optimizer=sgd
+  trainkit eval outputs/runs/<run> tta=ten_crop
+  trainkit predict outputs/runs/<run> cat.png dog.png
 """
 
 APPS = {"train": "trainkit.cli.train", "preview": "trainkit.cli.preview"}
 # Commands that are not Hydra apps: they compose the config once, here, and write into a folder of their own.
 TOOLS = {"check": "trainkit.cli.check", "lr-find": "trainkit.cli.lr_find"}
 ROOT_CONFIGS = {"train": "train", "preview": "preview"}
+# Subcommands on finished runs: each module's main(argv) reads its own arguments.
+COMMANDS = {"eval": "trainkit.cli.eval", "ensemble": "trainkit.cli.ensemble", "predict": "trainkit.cli.predict",
+            "export": "trainkit.cli.export"}
 # Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
 # Hydra flags that print the composed config instead of running: it is checked, but nothing is built.
@@ -65,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     if command in TOOLS:
         run_tool(command, rest)
         return
+    if command in COMMANDS:
+        return run_command(command, rest)
     if command not in APPS:
-        fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *TOOLS])} (trainkit --help)")
+        fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *TOOLS, *COMMANDS])} (trainkit --help)")
     try:
         rest = prepare(command, rest)
     except UserError as e:
@@ -118,6 +129,17 @@ def run_tool(command: str, args: list[str]) -> None:
         if user_error is None:
             raise
         fail(str(user_error))
+
+
+def run_command(command: str, args: list[str]) -> None:
+    """A subcommand of COMMANDS: a user error is one line and exit code 2."""
+    try:
+        __import__(COMMANDS[command], fromlist=["main"]).main(args)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def keep_standard_streams_open() -> None:

@@ -29,9 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.config.rules import (beta_pair, describe, did_you_mean, in_unit_interval_half_open, non_negative, positive,
                                    shown, validated, widths)
-from trainkit.config.schema import REGULARIZATION, ROOT_KEYS, SCHEMAS, schema_of
+from trainkit.config.schema import CALLBACKS, REGULARIZATION, ROOT_KEYS, SCHEMAS, schema_of
 from trainkit.errors import UserError, allowed
 from trainkit.metrics import MONITORABLE, natural_mode
+
+# Top-level keys a config may leave out (one written before they existed).
+OPTIONAL_ROOT_KEYS = ("callbacks",)
 
 # Nodes whose every key the run reads (a dataset's keys depend on the dataset).
 FULLY_READ = ("trainer", "logger.tensorboard", "paths", "diagnostics", "diagnostics.lr_find")
@@ -89,7 +92,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     if missing is not None:
         raise UserError(f"{missing} is required: set it on the command line ({missing}=...) or in your config")
     for key in cfg:
-        if key not in ROOT_KEYS and key not in own_root_keys:
+        if key not in ROOT_KEYS and key not in own_root_keys and key not in OPTIONAL_ROOT_KEYS:
             raise UserError(f"{key}={shown(cfg, key)}: unknown top-level key{did_you_mean(key, ROOT_KEYS + own_root_keys)}; the "
                             f"config's top level holds {', '.join(ROOT_KEYS + own_root_keys)}")
     for group in SCHEMAS:
@@ -105,6 +108,12 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
             raise allowed("regularization", name, ", ".join(REGULARIZATION))
         if isinstance(node, DictConfig):
             validated(REGULARIZATION[name], node, f"regularization.{name}")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if name not in CALLBACKS:
+            raise allowed("callbacks", name, ", ".join(CALLBACKS))
+        if isinstance(node, DictConfig):
+            validated(CALLBACKS[name], node, f"callbacks.{name}")
+    check_snapshots_have_cycles(cfg)
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
@@ -158,6 +167,16 @@ def check_channel_stats(dataset) -> None:
         if values is not None and isinstance(channels, int) and len(values) != channels:
             raise allowed(f"dataset.{key}", values,
                           f"{channels} value{'s' * (channels > 1)}, one per channel (dataset.in_channels={channels})")
+
+
+def check_snapshots_have_cycles(cfg: DictConfig) -> None:
+    """callbacks=[snapshots] without every_n_epochs saves at the restarts of cosine_restarts: there must be some."""
+    snapshots = (cfg.get("callbacks") or {}).get("snapshots")
+    target = str((cfg.get("schedule") or {}).get("_target_", ""))
+    if snapshots is not None and snapshots.get("every_n_epochs") is None and not target.endswith(".cosine_restarts"):
+        raise UserError("callbacks.snapshots.every_n_epochs=null saves a snapshot at the end of each cosine_restarts "
+                        "cycle, and this run's schedule has no restarts: add schedule=cosine_restarts, or set "
+                        "callbacks.snapshots.every_n_epochs=N")
 
 
 def check_warmup_ends_before_the_run(cfg: DictConfig) -> None:
@@ -305,6 +324,8 @@ def config_hash(cfg: DictConfig) -> str:
     container = first_spelling_targets(OmegaConf.to_container(cfg, resolve=True))
     for key in HASH_IGNORED:
         container.pop(key, None)
+    if not container.get("callbacks"):  # no callbacks picked: the hash of a config written before the group existed
+        container.pop("callbacks", None)
     container.get("trainer", {}).pop("progress", None)
     for key in HASH_IGNORED_DATASET:
         container.get("dataset", {}).pop(key, None)

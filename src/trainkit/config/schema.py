@@ -210,6 +210,14 @@ class GradClipConfig:
     value: float = ruled(positive)
 
 
+@dataclass
+class SnapshotsConfig:
+    every_n_epochs: Optional[int] = ruled(optional(whole(1)))  # null: at each cosine_restarts cycle end
+
+
+# The callbacks list group's entries (callbacks=[snapshots]), as the regularization entries.
+CALLBACKS: dict[str, type] = {"snapshots": SnapshotsConfig}
+
 REGULARIZATION: dict[str, type] = {
     "l2": L2Config, "l1": L1Config, "elastic_net": ElasticNetConfig, "dropout": DropoutConfig,
     "label_smoothing": LabelSmoothingConfig, "mixup": MixupConfig, "cutmix": CutmixConfig,
@@ -256,7 +264,8 @@ STORED = {"train_schema": RootConfig, "preview_schema": PreviewConfig, "trainer_
           "dataset_schema": DatasetConfig, "digits_dataset_schema": DigitsConfig, "stl10_dataset_schema": Stl10Config,
           "imagefolder_dataset_schema": ImageFolderConfig, "augmentation_schema": AugmentationConfig,
           "logger_schema": LoggerConfig, "paths_schema": PathsConfig, "diagnostics_schema": DiagnosticsConfig,
-          **{f"{name}_regularization_schema": schema for name, schema in REGULARIZATION.items()}}
+          **{f"{name}_regularization_schema": schema for name, schema in REGULARIZATION.items()},
+          **{f"{name}_callback_schema": schema for name, schema in CALLBACKS.items()}}
 
 
 def register() -> None:

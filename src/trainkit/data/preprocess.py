@@ -38,6 +38,19 @@ class Preprocess(torch.nn.Module):
             self.register_buffer("pixel_mean", pixel_mean)
             self.register_buffer("whitening", whitening)
 
+    @classmethod
+    def from_state(cls, kind: str, mean, std, state: dict) -> Preprocess:
+        """The preprocessing a checkpoint saved (its state_dict), without the training images a ZCA fit needs."""
+        if kind != "zca":
+            module = cls(kind, mean, std)
+        else:
+            module = cls("none", mean, std)
+            module.kind = kind
+            module.register_buffer("pixel_mean", torch.empty_like(state["pixel_mean"]))
+            module.register_buffer("whitening", torch.empty_like(state["whitening"]))
+        module.load_state_dict(state)
+        return module
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
         if self.kind == "zca":

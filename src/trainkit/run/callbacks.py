@@ -40,6 +40,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
     callbacks.append(BestCheckpoint(run_dir / "checkpoints", best))
     callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
     callbacks.append(ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps))
+    snapshots = (cfg.get("callbacks") or {}).get("snapshots")
+    if snapshots is not None:
+        from trainkit.engine.callbacks.snapshots import Snapshots, restart_cycle
+
+        callbacks.append(Snapshots(run_dir / "checkpoints", snapshots.every_n_epochs, restart_cycle(cfg.schedule)))
     callbacks.append(record)
     callbacks += diagnostic_callbacks(cfg, record, tensorboard=next((c for c in callbacks if isinstance(c, TensorBoardLogger)), None))
     return CallbackList(callbacks)
