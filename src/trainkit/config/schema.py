@@ -244,6 +244,7 @@ class RootConfig:
     logger: Any = ruled()
     paths: Any = ruled()
     diagnostics: Any = ruled()
+    callbacks: Any = dataclasses.field(default_factory=dict)  # optional: configs written before it have none
 
 
 @dataclass
@@ -254,7 +255,7 @@ class PreviewConfig(RootConfig):
     n: Any = ruled(whole(1))
 
 
-ROOT_KEYS = tuple(f.name for f in dataclasses.fields(RootConfig))
+ROOT_KEYS = tuple(f.name for f in dataclasses.fields(RootConfig) if f.name != "callbacks")
 # The schema of each plain group; a node of a dataset a user wrote without naming a schema gets
 # the widest one (every dataset key).
 SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "dataset": ImageFolderConfig, "augmentation": AugmentationConfig,
