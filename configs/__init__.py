@@ -1,1 +1,11 @@
-"""The bundled Hydra config tree (a package so that pkg://trainkit.configs resolves)."""
+"""The bundled Hydra config tree (a package so that pkg://trainkit.configs resolves).
+
+hydra/sweeper=trainkit_optuna lives in src/hydra_plugins/, where Hydra's plugin scan finds it in a
+normal install. An editable install (pip install -e .) maps packages through a finder that the scan
+cannot walk, so the sweeper is registered here too: every process that composes trainkit's configs
+imports this package first. Plugins.register is Hydra's public way to add a plugin by hand."""
+
+from hydra.core.plugins import Plugins
+from hydra_plugins.trainkit_sweeper.trainkit_optuna import TrainkitOptunaSweeper
+
+Plugins.instance().register(TrainkitOptunaSweeper)

@@ -20,15 +20,23 @@ commands:
   train     train a classifier from the composed config (a Hydra app: -m for sweeps,
             --cfg job to print the config, --help to list the groups and options)
   preview   write a PNG grid of augmented training images, without training
+  runs      list past runs and sweeps, newest first: trainkit runs [outputs_dir]
+  compare   the config differences and metrics of runs side by side: trainkit compare RUN RUN...
+  report    a sweep's report.html (written at the end of every sweep): trainkit report SWEEP_DIR
+  refine    the fine stage's search space from a finished search: trainkit refine SWEEP_DIR [--top K] [--shrink F]
 
 examples:
   trainkit train
   trainkit train optimizer=adamw schedule=cosine 'regularization=[l2,dropout]'
   trainkit train -m optimizer=sgd,adam schedule=cosine,step
   trainkit preview dataset=cifar10 augmentation=flip_crop out=grid.png
+  trainkit train -m hparams_search=lr_wd_coarse        # a search, with pruning and a report
 """
 
 APPS = {"train": "trainkit.cli.train", "preview": "trainkit.cli.preview"}
+# Subcommands that read what runs wrote, not Hydra apps: each module's main(argv).
+TOOLS = {"runs": "trainkit.cli.runs", "compare": "trainkit.cli.compare", "report": "trainkit.cli.report",
+         "refine": "trainkit.cli.refine"}
 ROOT_CONFIGS = {"train": "train", "preview": "preview"}
 # Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
@@ -55,8 +63,14 @@ def main(argv: list[str] | None = None) -> None:
             return
         argv = [command, *argv]
     command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        try:
+            __import__(TOOLS[command], fromlist=["main"]).main(rest)
+        except UserError as e:
+            fail(str(e))
+        return
     if command not in APPS:
-        fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
+        fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *TOOLS])} (trainkit --help)")
     try:
         rest = prepare(command, rest)
     except UserError as e:
@@ -207,7 +221,7 @@ def claim_named_folder(overrides: list[str], multirun: bool, composed) -> None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if any(o.split("=", 1)[0].lstrip("+") == key for o in overrides):
         folder = composed.sweep_dir if multirun else composed.run_dir
-        claim(folder, lambda: (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder))
+        claim(folder, lambda: refuse_used_sweep_dir(folder, composed.sweeper) if multirun else refuse_used_run_dir(folder))
 
 
 def config_dir(path: str) -> str:
