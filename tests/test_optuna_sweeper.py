@@ -125,7 +125,9 @@ def test_pruner_none_runs_every_trial_to_the_end(tmp_path):
     assert (folder / "report.html").is_file() and (folder / "summary.csv").is_file()
 
 
-def test_a_killed_sweep_continues_with_the_same_command(tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGKILL, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+def test_a_killed_sweep_continues_with_the_same_command(tmp_path, how):
+    """A kill (or Ctrl-C to the whole process group, as a terminal sends it) in the middle of trial 1."""
     folder = tmp_path / "sweep"
     command = [*trainkit_command(), "train", "-m", *SEARCH, *FAST, f"hydra.sweep.dir={folder}", "optimizer=adam",
                "optimizer.lr=tag(log, interval(1e-3, 1e-2))", "trainer.epochs=12", "hydra.sweeper.n_trials=3",
@@ -138,10 +140,13 @@ def test_a_killed_sweep_continues_with_the_same_command(tmp_path):
         jobs = [p for p in folder.glob("1_*") if (p / "metrics.json").is_file()] if folder.is_dir() else []
         if jobs and json.loads((jobs[0] / "metrics.json").read_text()).get("epochs_run", 0) >= 1:
             break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
+    os.killpg(proc.pid, how)
+    proc.wait(timeout=120)
     before = study_of(folder)
-    assert states(before)[:2] == ["COMPLETE", "RUNNING"]
+    if how == signal.SIGKILL:  # nobody could tell the study: the next run finds trial 1 still running
+        assert proc.returncode == -9 and states(before) == ["COMPLETE", "RUNNING"]
+    else:  # Ctrl-C: the job saved last.pt, the sweeper marked its trial and queued its point again
+        assert proc.returncode == 130 and states(before) == ["COMPLETE", "FAIL", "WAITING"]
 
     result = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -153,3 +153,37 @@ def test_refine_narrows_around_the_top_trials_and_the_fine_stage_runs(tmp_path):
     assert len(fine_study.trials) == 2
     assert all(lo <= t.params["optimizer.lr"] <= hi for t in fine_study.trials)
     assert all(t.distributions["optimizer.lr"].low == lo for t in fine_study.trials)  # the new range was searched
+
+
+def test_report_command_rewrites_the_page_with_each_runs_diagnosis(grid_sweep, tmp_path):
+    """`trainkit report` on a copy of the sweep; issue 11's end-of-run diagnosis in metrics.json is shown."""
+    import json
+
+    _, sweep, _ = grid_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    (copy / "report.html").unlink()
+    job = next(p for p in copy.iterdir() if p.name.startswith("0_"))
+    record = json.loads((job / "metrics.json").read_text())
+    record["diagnosis"] = {"verdict": "underfitting", "message": "train accuracy is low and there is no gap",
+                           "remedies": ["model=resnet"]}
+    (job / "metrics.json").write_text(json.dumps(record))
+    result = run_trainkit("report", str(copy), cwd=tmp_path, env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(copy / "report.html")
+    page = (copy / "report.html").read_text()
+    assert f"<b>{job.name}</b>: underfitting: train accuracy is low and there is no gap (try: model=resnet)" in page
+    assert len(images_of(page)) == 3
+
+
+def test_job_folder_names_are_safe_on_every_file_system():
+    from trainkit.run.job_names import job_folder, safe_name
+
+    assert job_folder(3, ["optimizer=adam", "schedule=step"]) == "3_optimizer=adam,schedule=step"
+    assert job_folder(0, ["hparams_search=optuna"]) == "0"  # the same for every job: left out
+    assert safe_name("optimizer.lr=0.0012345678,x=1e-05") == "optimizer.lr=0.00123,x=1e-05"
+    assert safe_name('dataset.root=C:\\data/"a"|b?*<>') == "dataset.root=C__data__a__b____"
+    assert safe_name("CON") == "_CON" and safe_name("a. ") == "a"
+    long = safe_name("regularization=[" + ",".join(["dropout"] * 40) + "]")
+    assert len(long.encode()) == 80 and long.endswith("~")
+    assert len(safe_name("x=" + "é" * 100).encode()) <= 80

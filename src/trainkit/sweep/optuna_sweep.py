@@ -38,6 +38,7 @@ from trainkit.sweep import search_space as ss
 from trainkit.sweep.journal import repair_tail
 
 log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "A new study created" lines: the sweeper says what matters
 
 SAMPLERS = ("random", "tpe", "grid", "cmaes")
 DIRECTIONS = ("maximize", "minimize")
@@ -211,8 +212,11 @@ class OptunaSweep:
                 log.warning("the sweep stops here (a job was stopped by a signal); the same command with "
                             f"hydra.sweep.dir={self.sweep_dir} continues it")
                 raise SystemExit(INTERRUPTED_EXIT_CODE)
-        except BaseException:  # Ctrl-C in the sweeper, a job's own SystemExit: the trials still running are not results
+        except BaseException as e:  # Ctrl-C in the sweeper, a job's own SystemExit: the trials still running are not results
             self.stop_running(study, running, pool)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) and not stopping:
+                log.warning("the search stops here; the same command with "
+                            f"hydra.sweep.dir={self.sweep_dir} continues it (the interrupted trial runs again)")
             raise
         finally:
             if pool is not None:
