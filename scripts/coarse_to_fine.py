@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -28,7 +29,9 @@ def stage(folder: Path) -> dict:
     done = [r for r in records if r.get("status") == "completed"]
     best = max(done, key=lambda r: r["best"])
     top = sorted((r["best"] for r in done), reverse=True)[:5]
-    return {"trials": len(records), "completed": len(done), "pruned": sum(r.get("status") == "pruned" for r in records),
+    every = sorted(r["best"] for r in records if r.get("best") is not None)
+    return {"median": statistics.median(every),
+            "worst": every[0], "trials": len(records), "completed": len(done), "pruned": sum(r.get("status") == "pruned" for r in records),
             "best": best["best"], "test": best["test"].get("test/acc"), "top5_mean": sum(top) / len(top),
             "overrides": " ".join(o for o in best["overrides"] if "=" in o and not o.startswith("hparams_search"))}
 
@@ -48,15 +51,16 @@ def main() -> None:
              f"hydra.sweeper.n_trials={args.coarse}", f"hydra.sweep.dir={coarse}")
     c = stage(coarse)
     print(f"coarse: {c['trials']} trials ({c['pruned']} pruned) in {time.perf_counter() - t:.0f} s; best val/acc {c['best']:.4f} "
-          f"(test/acc {c['test']:.4f}), mean of the top 5 {c['top5_mean']:.4f}; best: {c['overrides']}")
+          f"(test/acc {c['test']:.4f}), median {c['median']:.4f}, worst {c['worst']:.4f}; best: {c['overrides']}")
     refined = trainkit("refine", str(coarse))
     print(refined.stdout + refined.stderr)
     command = next(line.strip() for line in refined.stdout.splitlines() if line.strip().startswith("trainkit train -m"))
     t = time.perf_counter()
-    trainkit(*shlex.split(command)[1:], f"model={args.model}", *FAST, f"hydra.sweeper.n_trials={args.fine}", f"hydra.sweep.dir={fine}")
+    # refine's command repeats the coarse stage's own overrides (model, epochs...): only the size and folder are added
+    trainkit(*shlex.split(command)[1:], f"hydra.sweeper.n_trials={args.fine}", f"hydra.sweep.dir={fine}")
     f = stage(fine)
     print(f"fine: {f['trials']} trials ({f['pruned']} pruned) in {time.perf_counter() - t:.0f} s; best val/acc {f['best']:.4f} "
-          f"(test/acc {f['test']:.4f}), mean of the top 5 {f['top5_mean']:.4f}; best: {f['overrides']}")
+          f"(test/acc {f['test']:.4f}), median {f['median']:.4f}, worst {f['worst']:.4f}; best: {f['overrides']}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

@@ -187,3 +187,17 @@ def test_job_folder_names_are_safe_on_every_file_system():
     long = safe_name("regularization=[" + ",".join(["dropout"] * 40) + "]")
     assert len(long.encode()) == 80 and long.endswith("~")
     assert len(safe_name("x=" + "é" * 100).encode()) <= 80
+
+
+def test_refine_rule_log_scale_slide_ints_and_the_edge_warning():
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from trainkit.sweep.refine import narrow, render
+
+    lr = FloatDistribution(1e-5, 10.0, log=True)
+    lo, hi, note = narrow(lr, [0.12, 4.7], 0.5)  # 1.6 decades < half of 6: 3 decades, slid back under 10
+    assert render(lr, lo, hi) == "tag(log, interval(0.01, 10.0))" and note is None
+    lo, hi, note = narrow(lr, [5.0, 9.0], 0.5)  # gathered at the top edge: the optimum may lie above it
+    assert "the best trials sit at the edge 10 of the old range" in note
+    width = IntDistribution(16, 256)
+    assert render(width, *narrow(width, [64, 100], 0.5)[:2]) == "int(interval(22, 142))"

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit import metrics as M
 from trainkit.errors import UserError
+from trainkit.run.job_names import short_floats
 from trainkit.run.study import load_study_in
 from trainkit.run.sweep_summary import collect_runs, is_seed, varying_overrides
 from trainkit.status import Status
@@ -140,7 +141,8 @@ def pooled(runs: list[dict], mode: str) -> list[dict]:
                      "partial": max((float(r["best"]) for r in members if r.get("best") is not None
                                      and math.isfinite(r["best"])), default=None)})
     sign = -1 if mode == "max" else 1
-    rows.sort(key=lambda r: (r["mean"] is None, sign * r["mean"] if r["mean"] is not None else 0.0))
+    # Configurations with completed runs by their mean; the others (pruned) after them, by their best before stopping.
+    rows.sort(key=lambda r: (r["mean"] is None, sign * (r["mean"] if r["mean"] is not None else (r["partial"] or 0.0))))
     return rows
 
 
@@ -230,11 +232,11 @@ def curves_plot(top_runs: list[dict], monitor: str) -> str | None:
     fig, ax = plt.subplots(figsize=(6.8, 3.6))
     for r, c in drawn:
         epochs, values = zip(*c)
-        ax.plot(epochs, values, marker=".", label=f"{r['job']} ({r['kind']})"[:70])
+        ax.plot(epochs, values, marker=".", label=short_floats(r["job"].replace(",", " "))[:60])
     ax.set_xlabel("epoch")
     ax.set_ylabel(monitor)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return png(fig)
 
 
@@ -301,7 +303,8 @@ def render(sweep_dir: Path, runs: list[dict], top: int) -> str:
         if row["mean"] is None and row["partial"] is not None:
             value = f"({row['partial']:.4f} before it stopped)"
         test = "" if row["test"] is None else (f"{row['test']:.4f}" + (f" ± {row['test_std']:.4f}" if len(row["jobs"]) > 1 else ""))
-        parts.append(f"<tr><td>{i}</td><td><code>{e(row['config'])}</code></td><td>{e(', '.join(row['jobs']))}</td>"
+        jobs = ", ".join(j.split("_", 1)[0] for j in row["jobs"])  # the job numbers (folders named N_...)
+        parts.append(f"<tr><td>{i}</td><td><code>{e(short_floats(row['config']))}</code></td><td>{e(jobs)}</td>"
                      f"<td>{value}</td><td>{test}</td><td>{row['done']}/{len(row['jobs'])}</td><td>{e(', '.join(row['statuses']))}</td></tr>")
     parts.append("</table>")
     kinds = searched(sweep_dir, runs, study)

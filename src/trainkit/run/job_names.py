@@ -20,14 +20,19 @@ from omegaconf import OmegaConf
 
 MAX_NAME = 80  # bytes; NAME_MAX is 255, and Windows paths stop at 260 characters in all, so stay short
 UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')  # forbidden on Windows (and / everywhere); control characters
-FLOAT = re.compile(r"(?<=[=,\[])(-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+)(?=$|[,\]])")
+FLOAT = re.compile(r"(?<=[=,\[ ])(-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+)(?=$|[,\] ])")
 RESERVED = re.compile(r"^(CON|PRN|AUX|NUL|COM\d|LPT\d)(\..*)?$", re.IGNORECASE)  # Windows device names
 NOT_NAMED = ("hparams_search", "experiment", "resume")  # the same for every job of a sweep
 
 
+def short_floats(text: str) -> str:
+    """Each float value of an override line to 3 significant figures: `lr=0.0012345678` -> `lr=0.00123`."""
+    return FLOAT.sub(lambda m: f"{float(m.group(1)):.3g}", str(text))
+
+
 def safe_name(text: str, max_bytes: int = MAX_NAME) -> str:
     """`optimizer.lr=0.0012345678,optimizer=adam` -> `optimizer.lr=0.00123,optimizer=adam`."""
-    text = FLOAT.sub(lambda m: f"{float(m.group(1)):.3g}", str(text))
+    text = short_floats(text)
     text = UNSAFE.sub("_", text).strip(" .")  # Windows drops trailing dots and spaces
     if RESERVED.match(text):
         text = "_" + text

@@ -7,8 +7,8 @@ The rule, per swept parameter, with u = log10(x) for log parameters and u = x ot
   new range  centred on (a + b) / 2, width W', slid (not squeezed) back inside [A, B]
   back to x, rounded outward to 3 significant figures; ints: floor/ceil, and a fixed value if that leaves one
 Choices keep the options that reached the top K (in their old order); one left: it becomes a fixed value.
-A parameter whose top-K values touch an edge of its old range (within 5% of the width) gets a warning:
-the optimum may lie outside, and narrowing cannot find it.
+A parameter whose top-K values gather at one edge of its old range (one of them within 5% of the width
+from it, all within half the width) gets a warning: the optimum may lie outside, and narrowing cannot find it.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def narrow(d, values: list[float], shrink: float) -> tuple[float, float, str | N
     lo = min(max((a + b) / 2 - width / 2, A), B - width)  # slide inside the old range, keeping the width
     hi = lo + width
     note = None
-    if a - A <= EDGE * (B - A) or B - b <= EDGE * (B - A):
-        edge = d.low if a - A <= EDGE * (B - A) else d.high
+    at_low, at_high = a - A <= EDGE * (B - A), B - b <= EDGE * (B - A)
+    if at_low != at_high and b - a <= 0.5 * (B - A):  # gathered at one edge (not spread over the whole range)
+        edge = d.low if at_low else d.high
         note = (f"the best trials sit at the edge {edge:g} of the old range; the optimum may lie outside it: "
                 "widen the range there instead of narrowing")
     return from_u(lo), from_u(hi), note
