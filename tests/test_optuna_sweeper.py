@@ -223,12 +223,13 @@ def test_the_optuna_preset_as_documented(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("optimizer.lr=interval(0.1, 0.01)", "hydra.sweeper.params.optimizer.lr=interval(0.1, 0.01) is not allowed: low (0.1) must be below high (0.01)"),
-    ("optimizer.lr=interval(0.1, 0.1)", "low (0.1) must be below high (0.1)"),
+    pytest.param("optimizer.lr=interval(0.1, 0.1)", "low (0.1) must be below high (0.1)", marks=pytest.mark.slow),
     ("optimizer.lr=tag(log, interval(0, 1))", "a log range needs low > 0"),
     ("trainer.batch_size=range(5, 5)", "the range is empty"),
     ("optimizer=choice(sgd, nadamx)", "optimizer"),
-    ("hydra.sweeper.sampler=bayes", "hydra.sweeper.sampler='bayes' is not allowed: random, tpe, grid, cmaes"),
-    ("hydra.sweeper.n_jobs=2", "add hydra/launcher=joblib"),
+    pytest.param("hydra.sweeper.sampler=bayes", "hydra.sweeper.sampler='bayes' is not allowed: random, tpe, grid, cmaes",
+                 marks=pytest.mark.slow),
+    pytest.param("hydra.sweeper.n_jobs=2", "add hydra/launcher=joblib", marks=pytest.mark.slow),
     ("hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/x", "cannot be opened"),
     ("hydra.sweeper.bogus=1", "bogus"),
 ])
