@@ -347,4 +347,5 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, args, message):
 def test_unknown_command(tmp_path):
     result = run_trainkit("trian", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "error: trainkit trian: unknown command; the commands are train, preview, check, lr-find, eval, ensemble, predict, export (trainkit --help)\n"
+    assert result.stderr == ("error: trainkit trian: unknown command; the commands are train, preview, check, lr-find, eval, "
+                             "ensemble, predict, export, runs, compare, report, refine (trainkit --help)\n")

@@ -27,6 +27,10 @@ commands:
   ensemble  average the softmax of several runs (or a sweep's best, or one run's snapshots)
   predict   top-k classes of image files with a run's model and preprocessing
   export    write a run's model as TorchScript or ONNX, loadable without trainkit
+  runs      list past runs and sweeps, newest first: trainkit runs [outputs_dir]
+  compare   the config differences and metrics of runs side by side: trainkit compare RUN RUN...
+  report    a sweep's report.html (written at the end of every sweep): trainkit report SWEEP_DIR
+  refine    the fine stage's search space from a finished search: trainkit refine SWEEP_DIR [--top K] [--shrink F]
 
 examples:
   trainkit train
@@ -37,6 +41,7 @@ examples:
   trainkit lr-find optimizer=sgd
   trainkit eval outputs/runs/<run> tta=ten_crop
   trainkit predict outputs/runs/<run> cat.png dog.png
+  trainkit train -m hparams_search=lr_wd_coarse        # a search, with pruning and a report
 """
 
 APPS = {"train": "trainkit.cli.train", "preview": "trainkit.cli.preview"}
@@ -45,7 +50,10 @@ TOOLS = {"check": "trainkit.cli.check", "lr-find": "trainkit.cli.lr_find"}
 ROOT_CONFIGS = {"train": "train", "preview": "preview"}
 # Subcommands on finished runs: each module's main(argv) reads its own arguments.
 COMMANDS = {"eval": "trainkit.cli.eval", "ensemble": "trainkit.cli.ensemble", "predict": "trainkit.cli.predict",
-            "export": "trainkit.cli.export"}
+            "export": "trainkit.cli.export",
+            # ... and on what runs and sweeps wrote
+            "runs": "trainkit.cli.runs", "compare": "trainkit.cli.compare", "report": "trainkit.cli.report",
+            "refine": "trainkit.cli.refine"}
 # Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
 # Hydra flags that print the composed config instead of running: it is checked, but nothing is built.
@@ -272,7 +280,7 @@ def claim_named_folder(overrides: list[str], multirun: bool, composed) -> None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if any(o.split("=", 1)[0].lstrip("+") == key for o in overrides):
         folder = composed.sweep_dir if multirun else composed.run_dir
-        claim(folder, lambda: (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder))
+        claim(folder, lambda: refuse_used_sweep_dir(folder, composed.sweeper) if multirun else refuse_used_run_dir(folder))
 
 
 def config_dir(path: str) -> str:

@@ -44,6 +44,7 @@ class Composed:
     run_dir: Path  # where a single run would write
     sweep_dir: Path  # where a sweep would write
     sweep_params: dict  # hydra.sweeper.params from the config (an experiment's sweep)
+    sweeper: DictConfig | None = None  # hydra.sweeper: a trainkit_optuna search may continue in a used folder
 
 
 COMPOSE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException)
@@ -82,7 +83,7 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
         check_buildable(job_cfg)
     check_sweep_direction(cfg)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
-    return Composed(job_cfg, run_dir, sweep_dir, params or {})
+    return Composed(job_cfg, run_dir, sweep_dir, params or {}, cfg.hydra.sweeper)
 
 
 def refuse_non_mapping_options(cfg: DictConfig, sources: ConfigSources) -> None:
@@ -248,7 +249,10 @@ def check_output_folder(composed: Composed, overrides: list[str], multirun: bool
     (or sweep's), and one that can be made."""
     key, folder = ("hydra.sweep.dir", composed.sweep_dir) if multirun else ("hydra.run.dir", composed.run_dir)
     refuse_bad_output_folder(key, folder, composed.cfg, overrides)
-    (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder)
+    if multirun:
+        refuse_used_sweep_dir(folder, composed.sweeper)
+    else:
+        refuse_used_run_dir(folder)
     refuse_unwritable(key, folder)
 
 

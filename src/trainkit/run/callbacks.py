@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.engine.callbacks.base import CallbackList
 from trainkit.metrics import resolve_mode
+from trainkit.run.study import trial_of_this_job
 
 if TYPE_CHECKING:
     from trainkit.engine.tracking import Best
@@ -37,6 +38,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
     if cfg.logger.tensorboard.enabled:
         callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
                                            cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))
+    trial = trial_of_this_job(int(cfg.trainer.epochs))
+    if trial is not None:  # a trial of a trainkit_optuna search: it reports every epoch and may be pruned
+        from trainkit.engine.callbacks.pruning import Pruning
+
+        callbacks.append(Pruning(trial, cfg.trainer.monitor, str(HydraConfig.get().sweeper.pruner)))
     callbacks.append(BestCheckpoint(run_dir / "checkpoints", best))
     callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
     callbacks.append(ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps))

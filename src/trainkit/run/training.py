@@ -171,6 +171,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     best = trainer.best
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
+        if status == Status.COMPLETED and trainer.callbacks.stop_status is not None:
+            status = trainer.callbacks.stop_status  # pruned: tested and recorded like a completed run
         stopped_early = trainer.callbacks.stop_reason
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
                    "best": best.value, "best_epoch": best.epoch, "skipped_steps": trainer.skipped_steps,
@@ -189,7 +191,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         if stopped_early:
             report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
-    record.update(**summary, status=Status.COMPLETED, test=test_metrics)
+    record.update(**summary, status=status, test=test_metrics)
     trainer.callbacks.on_test_end(trainer, {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")})
     rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch})": best.value, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}

@@ -46,6 +46,10 @@ class Callback:
         """Lines for under the run's results table (the end-of-run diagnosis), else none."""
         return []
 
+    def stop_status(self) -> Status | None:
+        """How the run ends when this callback stopped it and that is not 'completed' (a pruned trial)."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -101,6 +105,9 @@ class CallbackList:
     @property
     def summary(self) -> list[str]:
         return [line for cb in self.callbacks for line in cb.summary]
+
+    def stop_status(self) -> Status | None:
+        return next((cb.stop_status for cb in self.callbacks if cb.stop_status is not None), None)
 
     def state_dict(self) -> dict:
         return {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key is not None}
