@@ -46,6 +46,7 @@ class Callback:
         """Lines for under the run's results table (the end-of-run diagnosis), else none."""
         return []
 
+    @property
     def stop_status(self) -> Status | None:
         """How the run ends when this callback stopped it and that is not 'completed' (a pruned trial)."""
         return None
@@ -106,6 +107,7 @@ class CallbackList:
     def summary(self) -> list[str]:
         return [line for cb in self.callbacks for line in cb.summary]
 
+    @property
     def stop_status(self) -> Status | None:
         return next((cb.stop_status for cb in self.callbacks if cb.stop_status is not None), None)
 
