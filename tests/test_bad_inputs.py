@@ -62,10 +62,10 @@ CASES = [
                                         "takes class_imbalance, dead_fraction, diagnosis, exploding_growth, histograms, "
                                         "initial_loss_tolerance, lr_find, monitor, overfit_gap, sanity, sanity_images, "
                                         "slow_progress, spike, underfit_acc, update_ratio_high, update_ratio_low, vanishing_ratio"),
-    (["diagnostics.initial_loss_tolerance=-1"], "diagnostics.initial_loss_tolerance=-1 is not allowed: a number > 0"),
+    (["diagnostics.initial_loss_tolerance=-1"], "diagnostics.initial_loss_tolerance=-1.0 is not allowed: a number > 0"),
     (["diagnostics.overfit_gap=-0.05"], "diagnostics.overfit_gap=-0.05 is not allowed: a number strictly between 0 and 1"),
     (["diagnostics.lr_find.start_lr=10", "diagnostics.lr_find.end_lr=1e-3"],
-     "diagnostics.lr_find.start_lr=10 is not allowed with diagnostics.lr_find.end_lr=0.001: the range test grows the LR, "
+     "diagnostics.lr_find.start_lr=10.0 is not allowed with diagnostics.lr_find.end_lr=0.001: the range test grows the LR, "
      "so start_lr must be below end_lr (1e-7 and 10 by default)"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: a number > 0"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number > 0"),
@@ -83,8 +83,8 @@ CASES = [
     # a key the dataset's schema lacks (mnist has its own test set)
     (["dataset=mnist", "+dataset.test_fraction=0.1"],
      "dataset.test_fraction=0.1: unknown key; dataset takes balanced_sampler, class_names, class_weights, data_dir, "
-     "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, split_seed, std, val_fraction, "
-     "workers, zca_epsilon"),
+     "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, shuffle_labels, split_seed, std, "
+     "val_fraction, workers, zca_epsilon"),
     (["optimizer=lookahead", "optimizer.k=0"],
      "optimizer.k=0 is not allowed: a whole number >= 1 (fast steps between slow-weight updates)"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
