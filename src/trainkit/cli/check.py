@@ -38,13 +38,11 @@ def sanity_rows(cfg: DictConfig) -> tuple[list[Row], Row, object]:
     from trainkit.engine.diagnostics import sanity
     from trainkit.engine.diagnostics.lr_range import HeldLR
     from trainkit.engine.loop import Trainer
-    from trainkit.run.training import build_parts
+    from trainkit.run.training import build_parts, one_epoch
 
     device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg)
-    trainer = Trainer(model=model, optimizer=optimizer, schedule=HeldLR(), criterion=criterion, regularizers=regularizers,
-                      data=data, device=device, amp_dtype=amp_dtype, callbacks=[], epochs=1, monitor=cfg.trainer.monitor,
-                      log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
-                      limit_val_batches=cfg.trainer.limit_val_batches)
+    trainer = Trainer(one_epoch(cfg), model=model, optimizer=optimizer, schedule=HeldLR(), criterion=criterion,
+                      regularizers=regularizers, data=data, device=device, amp_dtype=amp_dtype, callbacks=[])
     d = cfg.diagnostics
     weighted = cfg.dataset.get("class_weights") == "auto" or bool(cfg.dataset.get("balanced_sampler"))
     initial, inputs, labels = run_checks(trainer, d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted)

@@ -48,7 +48,7 @@ def find_lr(cfg: DictConfig, folder: Path) -> Found:
     from trainkit.components.optimizers import needs_closure
     from trainkit.engine.diagnostics.lr_range import run_range_test
     from trainkit.engine.loop import Trainer
-    from trainkit.run.training import build_parts
+    from trainkit.run.training import build_parts, one_epoch
 
     settings = cfg.diagnostics.lr_find
     device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg)
@@ -56,9 +56,9 @@ def find_lr(cfg: DictConfig, folder: Path) -> Found:
         raise UserError("optimizer=lbfgs is not allowed with lr-find: L-BFGS takes whole-batch steps with a line search, "
                         "there is no per-step LR to sweep")
     steps = int(settings.steps)
-    trainer = Trainer(model=model, optimizer=optimizer, schedule=_held_lr(), criterion=criterion, regularizers=regularizers,
-                      data=data, device=device, amp_dtype=amp_dtype, callbacks=[], epochs=1, monitor=cfg.trainer.monitor,
-                      log_every_n_steps=steps + 1)  # the test reads every loss itself
+    trainer = Trainer(one_epoch(cfg, log_every_n_steps=steps + 1),  # the test reads every loss itself
+                      model=model, optimizer=optimizer, schedule=_held_lr(), criterion=criterion, regularizers=regularizers,
+                      data=data, device=device, amp_dtype=amp_dtype, callbacks=[])
     try:
         result = run_range_test(trainer, float(settings.start_lr), float(settings.end_lr), steps,
                                 float(settings.diverge), float(settings.smoothing))

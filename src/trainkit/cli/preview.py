@@ -10,11 +10,12 @@ import hydra
 from omegaconf import DictConfig, open_dict
 
 from trainkit.config.rules import require, rule_of
-from trainkit.config.schema import ROOT_KEYS, PreviewConfig
+from trainkit.config.schema import PreviewConfig, RootConfig
 from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
 
 # The top-level keys preview.yaml adds to train.yaml's.
-OWN_ROOT_KEYS = tuple(f.name for f in dataclasses.fields(PreviewConfig) if f.name not in ROOT_KEYS)
+TRAIN_KEYS = {f.name for f in dataclasses.fields(RootConfig)}  # callbacks included: train's optional key
+OWN_ROOT_KEYS = tuple(f.name for f in dataclasses.fields(PreviewConfig) if f.name not in TRAIN_KEYS)
 
 
 def check_preview(cfg: DictConfig) -> None:

@@ -137,6 +137,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     return trainer, record
 
 
+def one_epoch(cfg: DictConfig, **changes):
+    """The run's typed trainer settings for a single epoch (trainkit check, lr-find), with `changes`."""
+    import dataclasses
+
+    from trainkit.config.schema import TrainerConfig, typed
+
+    return dataclasses.replace(typed(TrainerConfig, cfg.trainer), epochs=1, fast_dev_run=False, **changes)
+
+
 def build_parts(cfg: DictConfig):
     """(device, amp dtype, data, regularizers, model, optimizer, loss) as a run starts them, seeded:
     also what `trainkit lr-find` and `trainkit check` train with."""
