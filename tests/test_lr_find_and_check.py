@@ -102,7 +102,7 @@ def test_check_sees_the_regularization_raise_the_initial_loss(tmp_path):
 @pytest.mark.parametrize("command", ["lr-find", "check"])
 @pytest.mark.parametrize("args,message", [
     (["diagnostics.lr_find.start_lr=1", "diagnostics.lr_find.end_lr=1"],
-     "diagnostics.lr_find.start_lr=1 is not allowed with diagnostics.lr_find.end_lr=1: the range test grows the LR, so "
+     "diagnostics.lr_find.start_lr=1.0 is not allowed with diagnostics.lr_find.end_lr=1.0: the range test grows the LR, so "
      "start_lr must be below end_lr (1e-7 and 10 by default)"),
     (["diagnostics.lr_find.steps=-5"], "diagnostics.lr_find.steps=-5 is not allowed: a whole number >= 3"),
     (["+diagnostics.lr_find.stop=3"], "diagnostics.lr_find.stop=3: unknown key; diagnostics.lr_find takes diverge, end_lr, "
