@@ -27,6 +27,8 @@ KNOBS = {
     "cutmix": {"alpha", "switch_prob"},
     "early_stopping": {"monitor", "mode", "patience", "min_delta"},
     "grad_clip": {"by", "max_norm", "norm_type", "value"},
+    "ema": {"decay", "warmup", "warmup_gamma", "warmup_power", "min_decay", "update_after_step"},
+    "swa": {"start", "lr", "anneal_epochs", "anneal_strategy"},
 }
 
 
@@ -155,7 +157,7 @@ def decayed_parameters(model: nn.Module):
     biases, normalization weights or PReLU slopes). With weight/spectral norm this is the
     effective weight the layer uses."""
     for module in model.modules():
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and module.weight.requires_grad:  # not frozen ones
             yield module.weight
 
 

@@ -149,6 +149,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "loader": one_of("auto", "device", "workers"), "workers": None,
         "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
         "zca_epsilon": positive, "resize": one_of("center_crop", "stretch"), "split_seed": whole(0),
+        "train_subset": optional(whole(1)),
     },
     "augmentation": {"train": None, "eval": None},
     "logger": {"tensorboard": None},
@@ -157,7 +158,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 # The top level of train.yaml: its groups and its own two keys.
 ROOT_KEYS = ("task_name", "resume", "dataset", "augmentation", "model", "norm", "activation", "init", "trainer",
-             "schedule", "optimizer", "regularization", "logger", "paths")
+             "schedule", "optimizer", "regularization", "logger", "paths", "checkpoint")
+# Groups that are absent unless picked (finetune: null in train.yaml's defaults).
+OPTIONAL_ROOT_KEYS = ("finetune",)
 # Nodes whose every key the run reads (a dataset's keys depend on the dataset).
 FULLY_READ = ("trainer", "logger.tensorboard", "paths")
 
@@ -219,6 +222,22 @@ def beta_pair(v) -> bool:
     return OmegaConf.is_list(v) and len(v) == 2 and all(in_unit_interval_half_open(b) for b in v)
 
 
+def top_k(v) -> bool:
+    return v == -1 or whole_at_least(1)(v)
+
+
+top_k.what = "a whole number >= 1, or -1 (every epoch)"
+
+
+def swa_start(v) -> bool:
+    return whole_at_least(1)(v) or fraction_open(v)
+
+
+swa_start.what = "a whole number of epochs >= 1, or a fraction of the run in (0, 1)"
+SCHEMAS["checkpoint"] = {"save_top_k": top_k}
+SCHEMAS["finetune"] = {"mode": one_of("linear_probe", "last_n", "full"), "n": whole(1), "lr_decay": fraction_up_to_one,
+                       "freeze_bn": one_of(True, False)}
+
 beta_pair.what = "two numbers in [0, 1): [beta1, beta2], the decay rates of the gradient's running mean and square"
 
 # Range rules for keys inside _target_ nodes (their key names come from the target's signature).
@@ -245,6 +264,9 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
     "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "patience": whole(1),
                        "min_delta": non_negative},
     "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive, "norm_type": norm_order},
+    "ema": {"decay": fraction_open, "warmup": one_of(True, False), "warmup_gamma": positive, "warmup_power": positive,
+            "min_decay": in_unit_interval_half_open, "update_after_step": whole(0)},
+    "swa": {"start": swa_start, "lr": optional(positive), "anneal_epochs": whole(0), "anneal_strategy": one_of("cos", "linear")},
 }
 
 
@@ -258,7 +280,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     if missing is not None:
         raise UserError(f"{missing} is required: set it on the command line ({missing}=...) or in your config")
     for key in cfg:
-        if key not in ROOT_KEYS and key not in own_root_keys:
+        if key not in ROOT_KEYS + OPTIONAL_ROOT_KEYS and key not in own_root_keys:
             raise UserError(f"{key}={shown(cfg, key)}: unknown top-level key{did_you_mean(key, ROOT_KEYS + own_root_keys)}; the "
                             f"config's top level holds {', '.join(ROOT_KEYS + own_root_keys)}")
     for group, schema in SCHEMAS.items():
@@ -286,6 +308,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
                 raise allowed(f"regularization.{name}.{key}", node[key], describe(rule))
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
+    check_swa_starts_within_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
     dataset = cfg.get("dataset") or {}
     check_channel_stats(dataset)
@@ -332,6 +355,13 @@ def check_warmup_ends_before_the_run(cfg: DictConfig) -> None:
                       "the warmup must end before the run does")
 
 
+def check_swa_starts_within_the_run(cfg: DictConfig) -> None:
+    start, epochs = OmegaConf.select(cfg, "regularization.swa.start"), OmegaConf.select(cfg, "trainer.epochs")
+    if isinstance(start, int) and not isinstance(start, bool) and isinstance(epochs, int) and start > epochs:
+        raise allowed("regularization.swa.start", start, f"an epoch of the run (1 .. trainer.epochs={epochs}), "
+                      "or a fraction of it such as 0.75")
+
+
 def check_mode_fits_monitor(cfg: DictConfig) -> None:
     """Maximising a loss or minimising an accuracy is always a slip, and a silent one: the
     worst epoch would become best.pt and early stopping would stop on improvement."""
@@ -348,7 +378,8 @@ def check_mode_fits_monitor(cfg: DictConfig) -> None:
 
 # Keys of a group's config that trainkit reads itself instead of passing to the group's target:
 # an optimizer's exclude_bias_and_norm (components/optimizers.py), a schedule's warmup (components/schedules.py).
-OWN_KEYS = {"optimizer": ("exclude_bias_and_norm",), "schedule": ("warmup_epochs", "warmup_steps", "warmup_start_factor")}
+OWN_KEYS = {"optimizer": ("exclude_bias_and_norm",), "schedule": ("warmup_epochs", "warmup_steps", "warmup_start_factor"),
+            "model": ("weights", "weights_path", "from_run")}  # model: pretrained weights (components/pretrained.py)
 
 
 def extra_keys(group: str) -> set[str]:
@@ -458,8 +489,10 @@ def signature_keys(obj) -> tuple[set[str], bool]:
     return names - SUPPLIED_BY_RUN, takes_kwargs
 
 
-HASH_IGNORED = ("resume", "paths", "task_name")
+HASH_IGNORED = ("resume", "paths", "task_name", "checkpoint")  # checkpoint: what is kept, not what is trained
 HASH_IGNORED_DATASET = ("data_dir", "cache_dir", "workers", "download")  # where data lives, not what is trained
+# Keys added after runs were recorded: left out of the hash while null, so those runs keep theirs.
+HASH_IGNORED_WHEN_NULL = {"dataset": ("train_subset",), "model": ("weights", "weights_path", "from_run")}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -473,4 +506,9 @@ def config_hash(cfg: DictConfig) -> str:
     container.get("trainer", {}).pop("progress", None)
     for key in HASH_IGNORED_DATASET:
         container.get("dataset", {}).pop(key, None)
+    for group, keys in HASH_IGNORED_WHEN_NULL.items():
+        node = container.get(group) or {}
+        for key in keys:
+            if key in node and node[key] is None:
+                node.pop(key)
     return hashlib.sha1(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]

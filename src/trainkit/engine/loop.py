@@ -40,6 +40,7 @@ class Trainer:
         self.device, self.amp_dtype = device, amp_dtype
         self.callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
         self.best = best  # engine.tracking.Best: the best monitored value so far, kept by BestCheckpoint
+        self.averaged: dict = {}  # averaged copies of the model (ema, swa) by name, validated beside it
         self.epochs, self.monitor, self.on_nan = epochs_to_run(epochs, fast_dev_run), monitor, on_nan
         self.check_every = max(1, int(log_every_n_steps))
         self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches

@@ -101,6 +101,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.engine.interrupts import StopRequest
     from trainkit.engine.loop import Trainer, steps_per_epoch
     from trainkit.components.optimizers import build_optimizer, needs_closure
+    from trainkit.components.pretrained import load_pretrained
+    from trainkit.components.summary import model_summary, summary_lines
+    from trainkit.components.transfer import apply_finetune
     from trainkit.console import report
     from trainkit.components.regularization import Regularizers
     from trainkit.components.schedules import build_schedule
@@ -113,8 +116,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
 
     data = build_data(cfg, device)
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
-    model = build_model(cfg, data.spec, regularizers.dropout).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    model = build_model(cfg, data.spec, regularizers.dropout)
+    pretrained = load_pretrained(model, cfg.model) if resume_payload is None else None  # a resume has its own weights
+    model = model.to(device)
+    finetune = apply_finetune(model, **OmegaConf.to_container(cfg.finetune, resolve=True)) if cfg.get("finetune") else None
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization, finetune.lr_scales if finetune else None)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
     if needs_closure(optimizer) and steps > 1:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
@@ -145,14 +151,28 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
     report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
            f"{len(data.splits.test)} test; device={device}, {precision}")
+    summary = model_summary(model, data.spec.in_channels, data.spec.image_size)
+    for line in summary_lines(chosen_model(cfg), summary):
+        report(line)
+    for line in (pretrained, finetune.describe() if finetune else None):
+        if line:
+            report(line)
     report(optimizer.weight_decay_summary)
     if cfg.trainer.get("overfit_batches"):
         report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
                f"same {len(data.splits.train)} training images every epoch")
     if trainer.epochs < cfg.trainer.epochs:
         report(f"fast dev run (trainer.fast_dev_run=true): {trainer.epochs} epoch, not the {cfg.trainer.epochs} of trainer.epochs")
-    record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
+    record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device),
+                  model=summary)
     return trainer, record
+
+
+def chosen_model(cfg: DictConfig) -> str:
+    """The model's name for the summary: the torchvision architecture, else the model group's option."""
+    from trainkit.run.callbacks import chosen_groups
+
+    return str(cfg.model.get("name") or chosen_groups().get("model") or cfg.model.get("_target_", "model"))
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
@@ -167,7 +187,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         status = trainer.fit()
         stopped_early = trainer.callbacks.stop_reason
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
-                   "best": best.value, "best_epoch": best.epoch, "skipped_steps": trainer.skipped_steps,
+                   "best": best.value, "best_epoch": best.epoch, "best_weights": best.weights,
+                   "skipped_steps": trainer.skipped_steps,
                    "message": trainer.message or stopped_early}
         if status == Status.INTERRUPTED:
             record.update(**summary, status=Status.INTERRUPTED)
@@ -181,9 +202,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         if stopped_early:
             report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
+    # The callbacks see the test's figures first: weight averaging adds its own (test/acc_ema ...).
+    results = {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")}
+    trainer.callbacks.on_test_end(trainer, results)
+    test_metrics = {k: v for k, v in results.items() if k.startswith("test/")}
     record.update(**summary, status=Status.COMPLETED, test=test_metrics)
-    trainer.callbacks.on_test_end(trainer, {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")})
-    rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch})": best.value, **trainer.last_metrics, **test_metrics,
+    weights = "" if best.weights == "raw" else f", {best.weights} weights"
+    rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch}{weights})": best.value, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
