@@ -53,18 +53,17 @@ def main() -> None:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             records[name] = finished(sweep, len(args.seeds))
 
-    columns = {
-        "plain best.pt": [r["test"]["test/acc"] for r in records["plain"]],
-        "ema run best.pt": [r["test"]["test/acc"] for r in records["ema"]],
-        "last EMA weights": [r["test"]["test/acc_ema"] for r in records["ema"]],
-        "swa run best.pt": [r["test"]["test/acc"] for r in records["swa"]],
-        "SWA weights": [r["test"]["test/acc_swa"] for r in records["swa"]],
+    columns = {  # name: (run, the metric's suffix)
+        "plain best.pt": ("plain", ""), "ema run best.pt": ("ema", ""), "last EMA weights": ("ema", "_ema"),
+        "swa run best.pt": ("swa", ""), "SWA weights": ("swa", "_swa"),
     }
     picked = {name: [r["best_weights"] for r in records[name]] for name in ("ema", "swa")}
-    print(f"\ntest accuracy, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))} {' '.join(args.overrides)}\n")
-    print(f"{'weights':<18} {'mean':>7}   per seed")
-    for name, accs in columns.items():
-        print(f"{name:<18} {statistics.mean(accs):>7.4f}   {'  '.join(f'{a:.4f}' for a in accs)}")
+    print(f"\ntest set, {args.epochs} epochs, seeds {' '.join(map(str, args.seeds))} {' '.join(args.overrides)}\n")
+    print(f"{'weights':<18} {'acc':>7} {'loss':>7}   acc per seed")
+    for name, (run, suffix) in columns.items():
+        accs = [r["test"][f"test/acc{suffix}"] for r in records[run]]
+        losses = [r["test"][f"test/loss{suffix}"] for r in records[run]]
+        print(f"{name:<18} {statistics.mean(accs):>7.4f} {statistics.mean(losses):>7.4f}   {'  '.join(f'{a:.4f}' for a in accs)}")
     print(f"\nbest.pt held: ema run {', '.join(picked['ema'])}; swa run {', '.join(picked['swa'])}")
 
 

