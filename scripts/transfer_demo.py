@@ -4,7 +4,7 @@ trainkit's cnn is pretrained on Fashion-MNIST, then trained on the same 1,000 MN
 ways (linear probe, last 2 blocks, everything, from scratch), three seeds each, and the test
 accuracy on MNIST's 10,000 test images is printed as mean +- std per way. Runs already done
 (under --out) are reused, so a second call only prints. Needs the real data in ../shared/data
-(or TRAINKIT_DATA_DIR). About 40 minutes on 2 idle CPU cores.
+(or TRAINKIT_DATA_DIR). About an hour on 2 busy CPU cores (README has the measured times).
 
     python scripts/transfer_demo.py                 # everything, then the table
     python scripts/transfer_demo.py --seeds 0       # one seed per way

@@ -110,7 +110,8 @@ def test_a_torchvision_classifier_with_weights_from_torchvision_s_cache(tmp_path
 
 def test_torchvision_weights_absent_from_the_cache_and_no_internet(tmp_path):
     result = run_trainkit("train", *QUICK, "model=torchvision", "model.name=squeezenet1_1", "model.weights=DEFAULT",
-                          cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "empty_home"), "https_proxy": "http://127.0.0.1:9"})
+                          cwd=tmp_path, env={"TORCH_HOME": str(tmp_path / "empty_home"), "https_proxy": "http://127.0.0.1:9",
+                                             "NO_ALBUMENTATIONS_UPDATE": "1"})  # no download even with internet
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: model.weights=DEFAULT: squeezenet1_1-b8a52dc0.pth is not in torchvision's cache ")
     assert result.stderr.count("\n") == 1
