@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from trainkit.components.transfer import adapt_input_channels, head_name
+from trainkit.config.check import OWN_KEYS
 from trainkit.errors import UserError, allowed
 
 # The keys of a model config that name where its starting weights come from, read here.
-SOURCE_KEYS = ("weights", "weights_path", "from_run")
+SOURCE_KEYS = OWN_KEYS["model"]
 # Auxiliary heads that only training on ImageNet uses (inception_v3, googlenet); not built here.
 AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
 

@@ -8,17 +8,18 @@ import numpy as np
 import torch
 
 from trainkit.data.augmentation import augment, build_pipeline
-from trainkit.data.datasets import build_splits
+from trainkit.data.datasets import build_splits, shuffle_train_labels
 from trainkit.data.sources import DataSpec, Splits
 from trainkit.data.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_ops
-from trainkit.errors import UserError, allowed
+from trainkit.config.rules import require, rule_of
+from trainkit.config.schema import DatasetConfig
+from trainkit.errors import UserError
 from trainkit.data.loaders import WorkerLoader, class_weights, default_workers
 from trainkit.memory import available_memory, format_bytes
 from trainkit.data.overfit import fixed_subset
 from trainkit.data.split import subset_of_train
 from trainkit.data.preprocess import Preprocess
 
-LOADER_CHOICES = ("auto", "device", "workers")
 DEVICE_MEMORY_SHARE = 0.5  # the resident dataset may take at most this share of free memory; the rest is for the model
 
 
@@ -80,11 +81,8 @@ def check_pipeline_output(pipeline, image: np.ndarray, spec: DataSpec, key: str)
 
 
 def resolve_workers(value) -> int:
-    if value == "auto":
-        return default_workers()
-    if isinstance(value, int) and value >= 0:
-        return value
-    raise allowed("dataset.workers", value, "auto or a whole number >= 0")
+    require(rule_of(DatasetConfig, "workers"), "dataset.workers", value)
+    return default_workers() if value == "auto" else value
 
 
 def free_memory(device: torch.device) -> int:
@@ -97,8 +95,7 @@ def free_memory(device: torch.device) -> int:
 
 def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, device: torch.device):
     """(kind, reason, train ops, eval ops): which path feeds the loop, and why."""
-    if kind not in LOADER_CHOICES:
-        raise allowed("dataset.loader", kind, ", ".join(LOADER_CHOICES))
+    require(rule_of(DatasetConfig, "loader"), "dataset.loader", kind)
     if kind == "workers":
         return "workers", "dataset.loader=workers", None, None
     shape = splits.train.images.shape
@@ -131,6 +128,8 @@ def build_data(cfg, device: torch.device) -> Data:
     if cfg.dataset.get("train_subset"):  # little-data experiments: the same n training images every run
         chosen = subset_of_train(splits.train.labels, int(cfg.dataset.train_subset), int(cfg.dataset.get("split_seed", 0)))
         splits = replace(splits, train=splits.train.subset(chosen))
+    if cfg.dataset.get("shuffle_labels"):
+        splits = shuffle_train_labels(splits, seed)
     if cfg.trainer.get("overfit_batches"):  # debug=overfit: the same few images every epoch
         splits = fixed_subset(splits, int(cfg.trainer.overfit_batches), int(cfg.trainer.batch_size), seed)
     spec = splits.spec
@@ -168,8 +167,5 @@ def build_data(cfg, device: torch.device) -> Data:
 
 
 def _loss_weights(setting, weights: torch.Tensor) -> torch.Tensor | None:
-    if setting in (None, False, "none"):
-        return None
-    if setting == "auto":
-        return weights
-    raise allowed("dataset.class_weights", setting, "null or auto (inverse class frequency)")
+    require(rule_of(DatasetConfig, "class_weights"), "dataset.class_weights", setting)
+    return weights if setting == "auto" else None

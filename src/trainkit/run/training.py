@@ -91,55 +91,32 @@ def keep_best_in_new_folder(best: Best, path: Path, payload: dict) -> None:
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
                   started: float | None = None) -> tuple[Trainer, RunRecord]:
     """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
-    from torch import nn
-
-    from trainkit.components.assembly import build_model
     from trainkit.engine.checkpoints import load_model_state
     from trainkit.config.check import config_hash
-    from trainkit.data.build import build_data
-    from trainkit.engine.devices import resolve_device, resolve_precision
+    from trainkit.config.schema import TrainerConfig, typed
     from trainkit.engine.interrupts import StopRequest
     from trainkit.engine.loop import Trainer, steps_per_epoch
-    from trainkit.components.optimizers import build_optimizer, needs_closure
-    from trainkit.components.pretrained import load_pretrained
+    from trainkit.components.optimizers import needs_closure
     from trainkit.components.summary import model_summary, summary_lines
-    from trainkit.components.transfer import apply_finetune
     from trainkit.console import report
-    from trainkit.components.regularization import Regularizers
     from trainkit.components.schedules import build_schedule
-    from trainkit.engine.seeding import seed_everything
     from trainkit.engine.tracking import Best
 
-    device = resolve_device(cfg.trainer.device)
-    amp_dtype = resolve_precision(cfg.trainer.precision, device)
-    seed_everything(int(cfg.trainer.seed))
-
-    data = build_data(cfg, device)
-    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
-    model = build_model(cfg, data.spec, regularizers.dropout)
-    pretrained = load_pretrained(model, cfg.model) if resume_payload is None else None  # a resume has its own weights
-    model = model.to(device)
-    finetune = apply_finetune(model, **OmegaConf.to_container(cfg.finetune, resolve=True)) if cfg.get("finetune") else None
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization, finetune.lr_scales if finetune else None)
+    device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg, resuming=resume_payload is not None)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
     if needs_closure(optimizer) and steps > 1:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
                       f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
     schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
-    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
     best = Best(cfg.trainer.monitor, monitor_mode(cfg))
     record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started)
     callbacks = build_callbacks(cfg, run_dir, best, record)
     trainer = Trainer(
-        model=model, optimizer=optimizer, schedule=schedule, criterion=criterion, regularizers=regularizers,
-        data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, epochs=int(cfg.trainer.epochs),
-        monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
-        limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
-        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")), best=best,
+        typed(TrainerConfig, cfg.trainer), model=model, optimizer=optimizer, schedule=schedule, criterion=criterion,
+        regularizers=regularizers, data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, best=best,
+        stop_request=StopRequest(on_force_exit=record.mark_interrupted), config=OmegaConf.to_container(cfg, resolve=True),
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
@@ -154,9 +131,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     summary = model_summary(model, data.spec.in_channels, data.spec.image_size)
     for line in summary_lines(chosen_model(cfg), summary):
         report(line)
-    for line in (pretrained, finetune.describe() if finetune else None):
-        if line:
-            report(line)
     report(optimizer.weight_decay_summary)
     if cfg.trainer.get("overfit_batches"):
         report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
@@ -175,6 +149,50 @@ def chosen_model(cfg: DictConfig) -> str:
     return str(cfg.model.get("name") or chosen_groups().get("model") or cfg.model.get("_target_", "model"))
 
 
+def one_epoch(cfg: DictConfig, **changes):
+    """The run's typed trainer settings for a single epoch (trainkit check, lr-find), with `changes`."""
+    import dataclasses
+
+    from trainkit.config.schema import TrainerConfig, typed
+
+    return dataclasses.replace(typed(TrainerConfig, cfg.trainer), epochs=1, fast_dev_run=False, **changes)
+
+
+def build_parts(cfg: DictConfig, resuming: bool = False):
+    """(device, amp dtype, data, regularizers, model, optimizer, loss) as a run starts them, seeded:
+    also what `trainkit lr-find` and `trainkit check` train with. The model starts from its pretrained
+    weights (model.weights, weights_path, from_run) unless `resuming` (a resume has its own), with
+    the fine-tune's frozen blocks and LR factors; both are reported."""
+    from torch import nn
+
+    from trainkit.components.assembly import build_model
+    from trainkit.components.optimizers import build_optimizer
+    from trainkit.components.pretrained import load_pretrained
+    from trainkit.components.regularization import Regularizers
+    from trainkit.components.transfer import apply_finetune
+    from trainkit.console import report
+    from trainkit.data.build import build_data
+    from trainkit.engine.devices import resolve_device, resolve_precision
+    from trainkit.engine.seeding import seed_everything
+
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    seed_everything(int(cfg.trainer.seed))
+    data = build_data(cfg, device)
+    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
+    model = build_model(cfg, data.spec, regularizers.dropout)
+    pretrained = None if resuming else load_pretrained(model, cfg.model)
+    model = model.to(device)
+    finetune = apply_finetune(model, **OmegaConf.to_container(cfg.finetune, resolve=True)) if cfg.get("finetune") else None
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization, finetune.lr_scales if finetune else None)
+    for line in (pretrained, finetune.describe() if finetune else None):
+        if line:
+            report(line)
+    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
+    return device, amp_dtype, data, regularizers, model, optimizer, criterion
+
+
 def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
     """Fit, then test the best checkpoint once; record the outcome and return the best monitored value."""
     from rich.markup import escape
@@ -185,6 +203,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     best = trainer.best
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
+        if status == Status.COMPLETED and trainer.callbacks.stop_status is not None:
+            status = trainer.callbacks.stop_status  # pruned: tested and recorded like a completed run
         stopped_early = trainer.callbacks.stop_reason
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
                    "best": best.value, "best_epoch": best.epoch, "best_weights": best.weights,
@@ -198,6 +218,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         if status == Status.DIVERGED:
             record.update(**summary, status=Status.DIVERGED)
             report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
+            for line in trainer.callbacks.summary:
+                report(escape(line), error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
             report(escape(stopped_early))
@@ -206,13 +228,15 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     results = {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")}
     trainer.callbacks.on_test_end(trainer, results)
     test_metrics = {k: v for k, v in results.items() if k.startswith("test/")}
-    record.update(**summary, status=Status.COMPLETED, test=test_metrics)
+    record.update(**summary, status=status, test=test_metrics)
     weights = "" if best.weights == "raw" else f", {best.weights} weights"
     rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch}{weights})": best.value, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
     report_results(f"results: {run_dir}", rows)
+    for line in trainer.callbacks.summary:
+        report(escape(line))
     if cfg.trainer.get("overfit_batches"):
         verdict = memorisation_verdict(trainer.last_metrics, images=len(trainer.data.splits.train), epochs=trainer.epoch)
         record.update(overfit_check=verdict.as_record())
