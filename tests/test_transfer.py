@@ -134,3 +134,18 @@ def test_transfer_demo_reproduces_the_readme_table(tmp_path):
     # linear classifier for digits, while fine-tuning recovers a from-scratch net's accuracy (README's table).
     assert min(acc["fine-tune last 2"], acc["fine-tune all"], acc["from scratch"]) > 0.9, acc
     assert acc["linear probe"] < acc["fine-tune last 2"] - 0.3, acc
+
+
+def test_a_transferred_run_loads_for_eval_without_its_pretrained_source(source, tmp_path):
+    """load_run (eval, predict, ensemble, export) rebuilds the model from the checkpoint alone: the run
+    it was pretrained from may be gone."""
+    import shutil
+
+    borrowed = tmp_path / "borrowed"
+    shutil.copytree(source, borrowed)
+    run = train(tmp_path, "probe", f"model.from_run={borrowed}", "finetune=linear_probe")
+    shutil.rmtree(borrowed)
+    result = run_trainkit("eval", "probe", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    recorded = json.loads((run / "metrics.json").read_text())["test"]["test/acc"]
+    assert json.loads((run / "eval" / "test.json").read_text())["plain"]["acc"] == recorded

@@ -114,3 +114,21 @@ def test_killed_and_resumed_with_ema_and_swa_is_bitwise_identical(averaged_run, 
     a = json.loads((averaged_run / "metrics.json").read_text())
     b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert (a["test"], a["best"], a["best_epoch"], a["best_weights"]) == (b["test"], b["best"], b["best_epoch"], b["best_weights"])
+
+
+def test_eval_of_a_run_whose_best_pt_holds_ema_weights_reproduces_its_recorded_test_accuracy(tmp_path):
+    """best.pt of an EMA run can hold the averaged weights; `trainkit eval` (load_run) must test those."""
+    trained = run_trainkit("train", "trainer.epochs=3", "regularization=[ema]", "regularization.ema.decay=0.9",
+                           "regularization.ema.warmup=false", "optimizer.lr=0.03", "hydra.run.dir=run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["best_weights"] == "ema" and load(tmp_path / "run" / "checkpoints" / "best.pt")["weights"] == "ema"
+
+    def evaluated(target: str) -> float:
+        result = run_trainkit("eval", target, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads((tmp_path / "run" / "eval" / "test.json").read_text())["plain"]["acc"]
+
+    assert evaluated("run") == record["test"]["test/acc"]
+    # The raw weights of the same epoch score otherwise: the EMA weights are what was tested and loaded.
+    assert record["best_epoch"] == 3 and evaluated("run/checkpoints/last.pt") != record["test"]["test/acc"]
