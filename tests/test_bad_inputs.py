@@ -86,7 +86,7 @@ CASES = [
     (["dataset=mnist", "+dataset.test_fraction=0.1"],
      "dataset.test_fraction=0.1: unknown key; dataset takes balanced_sampler, class_names, class_weights, data_dir, "
      "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, shuffle_labels, split_seed, std, "
-     "val_fraction, workers, zca_epsilon"),
+     "train_subset, val_fraction, workers, zca_epsilon"),
     (["optimizer=lookahead", "optimizer.k=0"],
      "optimizer.k=0 is not allowed: a whole number >= 1 (fast steps between slow-weight updates)"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
@@ -286,7 +286,7 @@ CASES = [
     (["model=torchvision", "model.weights=IMAGENET"],
      "model.weights='IMAGENET' is not allowed: one of ResNet18_Weights's members: IMAGENET1K_V1, DEFAULT (or null for "
      "random weights)"),
-    (["finetune=full", "finetune.lr_decay=0"], "finetune.lr_decay=0 is not allowed: a number in (0, 1]"),
+    (["finetune=full", "finetune.lr_decay=0"], "finetune.lr_decay=0.0 is not allowed: a number in (0, 1]"),
     (["regularization=[swa]", "regularization.swa.start=20", "trainer.epochs=5"],
      "regularization.swa.start=20 is not allowed: an epoch of the run (1 .. trainer.epochs=5), or a fraction of it such as 0.75"),
     (["regularization=[ema]", "regularization.ema.decay=1.5"],
