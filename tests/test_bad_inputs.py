@@ -294,6 +294,7 @@ CASES = [
     (["checkpoint.save_top_k=0"], "checkpoint.save_top_k=0 is not allowed: a whole number >= 1, or -1 (every epoch)"),
     (["dataset.train_subset=5000"],
      "dataset.train_subset=5000 is not allowed: at most the 1293 training images this split has (or null for all)"),
+    (["dataset.train_subset=5"], "dataset.train_subset=5 is not allowed: at least one image per class (10 classes)"),
     (["resume=nan.pt", "trainer.epochs=2"],
      "checkpoint nan.pt: its weights hold NaN or Inf (1 tensors, e.g. features.1.weight), so no run can continue from "
      "them; resume from an earlier checkpoint (best.pt is never saved from a diverged epoch) or start a new run"),
