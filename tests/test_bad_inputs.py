@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import yaml
 
 from conftest import run_trainkit
 from trainkit.engine.checkpoints import FORMAT
 
+TORCHVISION = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models)))
 OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
 
 CASES = [
@@ -31,7 +33,7 @@ CASES = [
                           "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
-                          "optimizer, regularization, logger, paths, diagnostics"),
+                          "optimizer, regularization, logger, paths, diagnostics, checkpoint"),
     (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
                          "on_nan, overfit_batches, precision, progress, seed"),
@@ -41,7 +43,7 @@ CASES = [
     (["logger.tensorboard.enabled=maybe"], "logger.tensorboard.enabled='maybe' is not allowed: true, false"),
     (["+logger.tensorboard.foo=1"], "logger.tensorboard.foo=1: unknown key; logger.tensorboard takes enabled, image_grid"),
     (["regularization=[l2,dropot]"], "regularization=dropot is not allowed: the regularization options are cutmix, dropout, "
-                                     "early_stopping, elastic_net, grad_clip, l1, l2, label_smoothing, mixup, none"),
+                                     "early_stopping, elastic_net, ema, grad_clip, l1, l2, label_smoothing, mixup, none, swa"),
     (["optimizer.lr=${oc.env:TRAINKIT_NO_SUCH_VARIABLE}"], "optimizer.lr: KeyError raised while resolving interpolation: "
                                                           "\"Environment variable 'TRAINKIT_NO_SUCH_VARIABLE' not found\""),
     (["--config-dir", "/nonexistent"], "--config-dir=/nonexistent is not allowed: no such folder (it should hold your own "
@@ -84,7 +86,7 @@ CASES = [
     (["dataset=mnist", "+dataset.test_fraction=0.1"],
      "dataset.test_fraction=0.1: unknown key; dataset takes balanced_sampler, class_names, class_weights, data_dir, "
      "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, shuffle_labels, split_seed, std, "
-     "val_fraction, workers, zca_epsilon"),
+     "train_subset, val_fraction, workers, zca_epsilon"),
     (["optimizer=lookahead", "optimizer.k=0"],
      "optimizer.k=0 is not allowed: a whole number >= 1 (fast steps between slow-weight updates)"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
@@ -266,6 +268,33 @@ CASES = [
     (["resume=loose.pt", "model=mlp", "trainer.epochs=1"],
      "resume=loose.pt is not allowed: it has trained all 1 epochs (trainer.epochs=1), so a new run from it would have "
      "nothing to train; its schedule (cosine) is planned for that length, so it cannot be extended: start a new run"),
+    # issue 13: transfer learning, weight averaging, checkpoints kept
+    (["finetune=last_n", "finetune.n=9"],
+     "finetune.n=9 is not allowed: a whole number from 1 to 4: the model has 4 blocks below its head (classifier), "
+     "from features.0.0 to features.4.0"),
+    (["model.weights_path=mlp_run/checkpoints/best.pt"],
+     "model.weights_path=mlp_run/checkpoints/best.pt: the weights are of another architecture than this model: missing "
+     "24 tensors (e.g. features.0.0.weight, features.0.1.weight, features.0.1.bias); 12 tensors the model does not have "
+     "(e.g. features.1.weight, features.2.weight, features.2.bias)"),
+    (["model=torchvision", "model.name=resnet19"],
+     f"model.name='resnet19' is not allowed: a torchvision.models classifier (did you mean resnet18?): {TORCHVISION}"),
+    (["model.from_run=old_sweep"], "model.from_run='old_sweep' is not allowed: the folder of a trainkit run with a "
+                                   "checkpoint (checkpoints/best.pt or last.pt); old_sweep has none"),
+    (["model=torchvision", "model.name=vit_b_16"],
+     "model.name='vit_b_16' is not allowed: an architecture that takes 1x8x8 images; vit_b_16 fails on them (Input shape "
+     "indivisible by patch size!)"),
+    (["model=torchvision", "model.weights=IMAGENET"],
+     "model.weights='IMAGENET' is not allowed: one of ResNet18_Weights's members: IMAGENET1K_V1, DEFAULT (or null for "
+     "random weights)"),
+    (["finetune=full", "finetune.lr_decay=0"], "finetune.lr_decay=0.0 is not allowed: a number in (0, 1]"),
+    (["regularization=[swa]", "regularization.swa.start=20", "trainer.epochs=5"],
+     "regularization.swa.start=20 is not allowed: an epoch of the run (1 .. trainer.epochs=5), or a fraction of it such as 0.75"),
+    (["regularization=[ema]", "regularization.ema.decay=1.5"],
+     "regularization.ema.decay=1.5 is not allowed: a number strictly between 0 and 1"),
+    (["checkpoint.save_top_k=0"], "checkpoint.save_top_k=0 is not allowed: a whole number >= 1, or -1 (every epoch)"),
+    (["dataset.train_subset=5000"],
+     "dataset.train_subset=5000 is not allowed: at most the 1293 training images this split has (or null for all)"),
+    (["dataset.train_subset=5"], "dataset.train_subset=5 is not allowed: at least one image per class (10 classes)"),
     (["resume=nan.pt", "trainer.epochs=2"],
      "checkpoint nan.pt: its weights hold NaN or Inf (1 tensors, e.g. features.1.weight), so no run can continue from "
      "them; resume from an earlier checkpoint (best.pt is never saved from a diverged epoch) or start a new run"),

@@ -17,15 +17,16 @@ SRC = Path(__file__).parents[1] / "src" / "trainkit"
 
 def test_callbacks_run_in_their_order_with_the_checkpoint_keys_of_before(compose_train, tmp_path):
     # issue 11's diagnostics callbacks off: the callbacks a checkpoint held before them
-    cfg = compose_train("regularization=[early_stopping]", "diagnostics.sanity=false", "diagnostics.monitor=false",
+    cfg = compose_train("regularization=[early_stopping,ema,swa]", "diagnostics.sanity=false", "diagnostics.monitor=false",
                         "diagnostics.diagnosis=false")
     record = RunRecord(tmp_path, "val/acc", "max", "hash", [])
     callbacks = build_callbacks(cfg, tmp_path, Best("val/acc", "max"), record)
     assert [type(cb).__name__ for cb in callbacks] == [
-        "EarlyStopping", "TensorBoardLogger", "BestCheckpoint", "LastCheckpoint", "ProgressDisplay", "RunRecord"]
-    # The keys of a checkpoint's "callbacks", in the order checkpoints have always written them.
-    assert list(callbacks.state_dict()) == ["early_stopping", "tensorboard", "best_checkpoint", "last_checkpoint",
-                                            "progress", "run_record"]
+        "EMA", "EarlyStopping", "SWA", "TensorBoardLogger", "MetricsCsv", "BestCheckpoint", "LastCheckpoint",
+        "ProgressDisplay", "RunRecord"]
+    # The keys of a checkpoint's "callbacks", in the order checkpoints have always written them (issue 13's added).
+    assert list(callbacks.state_dict()) == ["ema", "early_stopping", "swa", "tensorboard", "metrics_csv", "best_checkpoint",
+                                            "last_checkpoint", "progress", "run_record"]
     assert [cb.order for cb in callbacks] == sorted(cb.order for cb in callbacks)
 
 

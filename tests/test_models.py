@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 
+from trainkit.components.assembly import build_network
 from conftest import compose_config
 from trainkit.data.datasets import load_digits_arrays
 from trainkit.errors import UserError
@@ -30,8 +32,7 @@ def compose_train(*overrides: str):
 
 
 def build(cfg) -> nn.Module:
-    model = instantiate(cfg.model)(in_channels=1, image_size=8, num_classes=10, norm=instantiate(cfg.norm),
-                                   activation=instantiate(cfg.activation), dropout=0.0)
+    model = build_network(cfg, SimpleNamespace(in_channels=1, image_size=8, num_classes=10), dropout=0.0)
     return instantiate(cfg.init)(model)
 
 

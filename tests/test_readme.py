@@ -101,6 +101,8 @@ def skip_reason(command: Command) -> str | None:
         return "starts a server that runs until stopped"
     if program == "python" and any(w.startswith("scripts/bench_") for w in words):
         return "a benchmark (minutes of timed training): run by hand, see Benchmarks"
+    if program == "python" and any(w.startswith(("scripts/transfer_demo", "scripts/weight_averaging_demo")) for w in words):
+        return "an experiment of many runs (minutes to most of an hour): run by hand; its slow test runs it"
     if program != "trainkit":
         return None
     if any(re.fullmatch(r"trainer\.device=cuda(:\d+)?", w) for w in words):
@@ -108,6 +110,8 @@ def skip_reason(command: Command) -> str | None:
 
         if not torch.cuda.is_available():
             return "needs a GPU"
+    if any(w.startswith("model.weights=") and w != "model.weights=null" for w in words):
+        return "downloads torchvision's pretrained weights (the first time)"
     if words[1:2] in (["refine"], ["report"], ["compare"]) and any("outputs/sweeps/20" in w or "outputs/runs/20" in w
                                                                    for w in words):
         return "names a sweep or run folder of the README's author"

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
@@ -18,6 +17,7 @@ from conftest import compose_config as compose_train
 from trainkit.data.datasets import load_digits_arrays
 from trainkit.engine.callbacks.early_stopping import EarlyStopping
 from trainkit.errors import UserError
+from trainkit.components.assembly import build_model
 from trainkit.components.normalization import Normalization
 from trainkit.components.optimizers import build_optimizer
 from trainkit.components.regularization import Regularizers
@@ -399,9 +399,7 @@ def build_run(cfg):
     """Model, regularizers, optimizer and criterion as the run builds them."""
     torch.manual_seed(0)
     r = Regularizers(cfg.regularization, num_classes=int(cfg.dataset.num_classes))
-    model = instantiate(cfg.model)(in_channels=1, image_size=8, num_classes=10, norm=instantiate(cfg.norm),
-                                   activation=instantiate(cfg.activation), dropout=r.dropout)
-    model = instantiate(cfg.init)(model)
+    model = build_model(cfg, SimpleNamespace(in_channels=1, image_size=8, num_classes=10), r.dropout)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     criterion = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
     return model, r, optimizer, criterion

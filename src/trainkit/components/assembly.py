@@ -17,6 +17,12 @@ def build_model(cfg: DictConfig, spec, dropout: float) -> nn.Module:
 
 def build_network(cfg: DictConfig, spec, dropout: float) -> nn.Module:
     """The model's layers, before the init scheme sets their weights."""
-    factory = instantiate(cfg.model)
+    from omegaconf import OmegaConf
+
+    from trainkit.components.pretrained import SOURCE_KEYS
+
+    # Where pretrained weights come from is read by the run (components/pretrained.py), not the model.
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in SOURCE_KEYS}
+    factory = instantiate(settings)
     return factory(in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes,
                    norm=instantiate(cfg.norm), activation=instantiate(cfg.activation), dropout=dropout)

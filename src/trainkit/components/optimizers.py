@@ -60,14 +60,32 @@ def parameter_groups(model: nn.Module, decay: WeightDecay) -> list[dict]:
     return groups
 
 
-def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> torch.optim.Optimizer:
-    """The configured optimizer, with the run's weight decay in its parameter groups."""
+def scaled_groups(groups: list[dict], lr_scales: dict, base_lr: float) -> list[dict]:
+    """Each group split by the LR factor of its parameters (layer-wise LR decay), the full-LR groups
+    first, so the LR the logs show (group 0's) is the head's."""
+    split: dict[tuple[float, int], dict] = {}
+    for index, group in enumerate(groups):
+        for p in group["params"]:
+            scale = float(lr_scales.get(p, 1.0))
+            entry = split.setdefault((scale, index), {**group, "params": []})
+            entry["params"].append(p)
+            if scale != 1.0:
+                entry["lr"] = base_lr * scale
+    return [split[key] for key in sorted(split, key=lambda k: (-k[0], k[1]))]
+
+
+def build_optimizer(optimizer_cfg, model: nn.Module, regularization, lr_scales: dict | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer, with the run's weight decay in its parameter groups; frozen parameters
+    (requires_grad false: a fine-tune's) are left out, so they get no state and no decay. `lr_scales`:
+    an LR factor per parameter (finetune.lr_decay)."""
     settings = OmegaConf.to_container(optimizer_cfg, resolve=True) if OmegaConf.is_config(optimizer_cfg) else dict(optimizer_cfg)
     exclude = pop_own_keys(settings)
     factory = instantiate(settings, _convert_="all")  # plain lists (betas): checkpoints load with weights_only
     optimizer_class = innermost(factory)
     decay = weight_decay(factory, regularization, exclude)
     groups = parameter_groups(model, decay)
+    if lr_scales and any(scale != 1.0 for scale in lr_scales.values()):
+        groups = scaled_groups(groups, lr_scales, base_lr(factory))
     if not takes_weight_decay(factory):  # L-BFGS: no weight_decay, and one parameter group only
         groups = [{"params": [p for g in groups for p in g["params"]]}]
     try:
@@ -75,6 +93,9 @@ def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> torch.op
     except (ValueError, TypeError) as e:  # torch's own argument checks, e.g. nesterov without momentum
         raise UserError(f"optimizer ({settings.get('_target_')}): {e}") from None
     optimizer.weight_decay_summary = decay.describe(optimizer_class, groups, sum(1 for _ in decayed_parameters(model)))
+    frozen = sum(1 for p in model.parameters() if not p.requires_grad)
+    if frozen:
+        optimizer.weight_decay_summary += f"; {frozen} frozen tensors left out (no optimizer state, no decay)"
     return optimizer
 
 
@@ -110,6 +131,14 @@ def own_weight_decay(factory) -> float:
         return float(factory.keywords["weight_decay"])
     parameter = inspect.signature(innermost(factory)).parameters.get("weight_decay")
     return float(parameter.default) if parameter is not None and parameter.default is not inspect.Parameter.empty else 0.0
+
+
+def base_lr(factory) -> float:
+    """The lr the (innermost) optimizer is configured with, else torch's default."""
+    factory = innermost_partial(factory)
+    if "lr" in getattr(factory, "keywords", {}):
+        return float(factory.keywords["lr"])
+    return float(inspect.signature(innermost(factory)).parameters["lr"].default)
 
 
 def needs_closure(optimizer) -> bool:

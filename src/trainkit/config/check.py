@@ -34,7 +34,7 @@ from trainkit.errors import UserError, allowed
 from trainkit.metrics import MONITORABLE, natural_mode
 
 # Top-level keys a config may leave out (one written before they existed).
-OPTIONAL_ROOT_KEYS = ("callbacks",)
+OPTIONAL_ROOT_KEYS = ("callbacks", "finetune")
 
 # Nodes whose every key the run reads (a dataset's keys depend on the dataset).
 FULLY_READ = ("trainer", "logger.tensorboard", "paths", "diagnostics", "diagnostics.lr_find")
@@ -116,6 +116,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     check_snapshots_have_cycles(cfg)
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
+    check_swa_starts_within_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
     check_lr_range(cfg)
     dataset = cfg.get("dataset") or {}
@@ -186,6 +187,13 @@ def check_warmup_ends_before_the_run(cfg: DictConfig) -> None:
                       "the warmup must end before the run does")
 
 
+def check_swa_starts_within_the_run(cfg: DictConfig) -> None:
+    start, epochs = OmegaConf.select(cfg, "regularization.swa.start"), OmegaConf.select(cfg, "trainer.epochs")
+    if isinstance(start, int) and not isinstance(start, bool) and isinstance(epochs, int) and start > epochs:
+        raise allowed("regularization.swa.start", start, f"an epoch of the run (1 .. trainer.epochs={epochs}), "
+                      "or a fraction of it such as 0.75")
+
+
 def check_mode_fits_monitor(cfg: DictConfig) -> None:
     """Maximising a loss or minimising an accuracy is always a slip, and a silent one: the
     worst epoch would become best.pt and early stopping would stop on improvement."""
@@ -201,8 +209,10 @@ def check_mode_fits_monitor(cfg: DictConfig) -> None:
 
 
 # Keys of a group's config that trainkit reads itself instead of passing to the group's target:
-# an optimizer's exclude_bias_and_norm (components/optimizers.py), a schedule's warmup (components/schedules.py).
-OWN_KEYS = {"optimizer": ("exclude_bias_and_norm",), "schedule": ("warmup_epochs", "warmup_steps", "warmup_start_factor")}
+# an optimizer's exclude_bias_and_norm (components/optimizers.py), a schedule's warmup (components/schedules.py),
+# a model's source of pretrained weights (components/pretrained.py).
+OWN_KEYS = {"optimizer": ("exclude_bias_and_norm",), "schedule": ("warmup_epochs", "warmup_steps", "warmup_start_factor"),
+            "model": ("weights", "weights_path", "from_run")}
 
 
 def extra_keys(group: str) -> set[str]:
@@ -312,8 +322,10 @@ def signature_keys(obj) -> tuple[set[str], bool]:
     return names - SUPPLIED_BY_RUN, takes_kwargs
 
 
-HASH_IGNORED = ("resume", "paths", "task_name")
+HASH_IGNORED = ("resume", "paths", "task_name", "checkpoint")  # checkpoint: what is kept, not what is trained
 HASH_IGNORED_DATASET = ("data_dir", "cache_dir", "workers", "download")  # where data lives, not what is trained
+# Keys added after runs were recorded: left out of the hash while null, so those runs keep theirs.
+HASH_IGNORED_WHEN_NULL = {"dataset": ("train_subset",), "model": OWN_KEYS["model"]}
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -324,9 +336,15 @@ def config_hash(cfg: DictConfig) -> str:
     container = first_spelling_targets(OmegaConf.to_container(cfg, resolve=True))
     for key in HASH_IGNORED:
         container.pop(key, None)
-    if not container.get("callbacks"):  # no callbacks picked: the hash of a config written before the group existed
-        container.pop("callbacks", None)
+    for key in ("callbacks", "finetune"):  # none picked: the hash of a config written before the group existed
+        if not container.get(key):
+            container.pop(key, None)
     container.get("trainer", {}).pop("progress", None)
     for key in HASH_IGNORED_DATASET:
         container.get("dataset", {}).pop(key, None)
+    for group, keys in HASH_IGNORED_WHEN_NULL.items():
+        node = container.get(group) or {}
+        for key in keys:
+            if key in node and node[key] is None:
+                node.pop(key)
     return hashlib.sha1(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -25,14 +25,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from trainkit.config.rules import (above, device_name, fraction_open, in_unit_interval_half_open, nested, non_negative, norm_order,
-                                   one_of, optional, pixel_means, pixel_stds, positive, precision, probability, rule, ruled, seed,
-                                   split_seed, whole)
+from trainkit.config.rules import (above, device_name, fraction_open, fraction_up_to_one, in_unit_interval_half_open, nested,
+                                   non_negative, norm_order, one_of, optional, pixel_means, pixel_stds, positive, precision,
+                                   probability, rule, ruled, seed, split_seed, whole)
 from trainkit.metrics import MODES, MONITORABLE
 
 yes_or_no = one_of(True, False)
 channels = one_of(1, 3, words="1 (grey) or 3 (RGB)")
 auto_or_whole = rule("auto or a whole number >= 0")(lambda v: v == "auto" or whole(0)(v))
+epochs_or_fraction = rule("a whole number of epochs >= 1, or a fraction of the run in (0, 1)")(
+    lambda v: whole(1)(v) or fraction_open(v))
+top_k = rule("a whole number >= 1, or -1 (every epoch)")(lambda v: v == -1 or whole(1)(v))
 
 
 @dataclass
@@ -77,6 +80,7 @@ class DatasetConfig:
     class_weights: Any = ruled(one_of(None, "auto"))
     balanced_sampler: bool = ruled(yes_or_no)
     shuffle_labels: bool = ruled(yes_or_no)  # the memorisation check: random training labels
+    train_subset: Optional[int] = ruled(optional(whole(1)))  # little-data experiments: n stratified training images
 
 
 @dataclass
@@ -120,6 +124,21 @@ class PathsConfig:
     data_dir: Optional[str] = ruled()
     output_root: Optional[str] = ruled()
     cache_dir: Optional[str] = ruled()
+
+
+@dataclass
+class CheckpointConfig:
+    save_top_k: int = ruled(top_k)
+
+
+@dataclass
+class FinetuneConfig:
+    """Which blocks of a pretrained model train (components/transfer.py)."""
+
+    mode: str = ruled(one_of("linear_probe", "last_n", "full"))
+    n: int = ruled(whole(1))  # at most the model's blocks below the head: checked when the model is built
+    lr_decay: float = ruled(fraction_up_to_one)
+    freeze_bn: bool = ruled(yes_or_no)
 
 
 @dataclass
@@ -211,6 +230,24 @@ class GradClipConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: float = ruled(fraction_open)
+    warmup: bool = ruled(yes_or_no)
+    warmup_gamma: float = ruled(positive)
+    warmup_power: float = ruled(positive)
+    min_decay: float = ruled(in_unit_interval_half_open)
+    update_after_step: int = ruled(whole(0))
+
+
+@dataclass
+class SwaConfig:
+    start: Any = ruled(epochs_or_fraction)  # an epoch or a fraction of the run: a number of either type
+    lr: Optional[float] = ruled(optional(positive))
+    anneal_epochs: int = ruled(whole(0))
+    anneal_strategy: str = ruled(one_of("cos", "linear"))
+
+
+@dataclass
 class SnapshotsConfig:
     every_n_epochs: Optional[int] = ruled(optional(whole(1)))  # null: at each cosine_restarts cycle end
 
@@ -221,7 +258,7 @@ CALLBACKS: dict[str, type] = {"snapshots": SnapshotsConfig}
 REGULARIZATION: dict[str, type] = {
     "l2": L2Config, "l1": L1Config, "elastic_net": ElasticNetConfig, "dropout": DropoutConfig,
     "label_smoothing": LabelSmoothingConfig, "mixup": MixupConfig, "cutmix": CutmixConfig,
-    "early_stopping": EarlyStoppingConfig, "grad_clip": GradClipConfig,
+    "early_stopping": EarlyStoppingConfig, "grad_clip": GradClipConfig, "ema": EmaConfig, "swa": SwaConfig,
 }
 
 
@@ -244,7 +281,9 @@ class RootConfig:
     logger: Any = ruled()
     paths: Any = ruled()
     diagnostics: Any = ruled()
+    checkpoint: Any = ruled()
     callbacks: Any = dataclasses.field(default_factory=dict)  # optional: configs written before it have none
+    finetune: Any = None  # optional: null unless picked (finetune=linear_probe)
 
 
 @dataclass
@@ -255,16 +294,17 @@ class PreviewConfig(RootConfig):
     n: Any = ruled(whole(1))
 
 
-ROOT_KEYS = tuple(f.name for f in dataclasses.fields(RootConfig) if f.name != "callbacks")
+ROOT_KEYS = tuple(f.name for f in dataclasses.fields(RootConfig) if f.name not in ("callbacks", "finetune"))
 # The schema of each plain group; a node of a dataset a user wrote without naming a schema gets
 # the widest one (every dataset key).
 SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "dataset": ImageFolderConfig, "augmentation": AugmentationConfig,
                             "logger": LoggerConfig, "paths": PathsConfig,
-                            "diagnostics": DiagnosticsConfig}
+                            "diagnostics": DiagnosticsConfig, "checkpoint": CheckpointConfig, "finetune": FinetuneConfig}
 STORED = {"train_schema": RootConfig, "preview_schema": PreviewConfig, "trainer_schema": TrainerConfig,
           "dataset_schema": DatasetConfig, "digits_dataset_schema": DigitsConfig, "stl10_dataset_schema": Stl10Config,
           "imagefolder_dataset_schema": ImageFolderConfig, "augmentation_schema": AugmentationConfig,
           "logger_schema": LoggerConfig, "paths_schema": PathsConfig, "diagnostics_schema": DiagnosticsConfig,
+          "checkpoint_schema": CheckpointConfig, "finetune_schema": FinetuneConfig,
           **{f"{name}_regularization_schema": schema for name, schema in REGULARIZATION.items()},
           **{f"{name}_callback_schema": schema for name, schema in CALLBACKS.items()}}
 

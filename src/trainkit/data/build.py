@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from trainkit.errors import UserError
 from trainkit.data.loaders import WorkerLoader, class_weights, default_workers
 from trainkit.memory import available_memory, format_bytes
 from trainkit.data.overfit import fixed_subset
+from trainkit.data.split import subset_of_train
 from trainkit.data.preprocess import Preprocess
 
 DEVICE_MEMORY_SHARE = 0.5  # the resident dataset may take at most this share of free memory; the rest is for the model
@@ -124,6 +125,9 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
 def build_data(cfg, device: torch.device) -> Data:
     seed = int(cfg.trainer.seed)  # the data order and the augmentation draws
     splits = build_splits(cfg.dataset, int(cfg.dataset.get("split_seed", 0)))  # which images are held out
+    if cfg.dataset.get("train_subset"):  # little-data experiments: the same n training images every run
+        chosen = subset_of_train(splits.train.labels, int(cfg.dataset.train_subset), int(cfg.dataset.get("split_seed", 0)))
+        splits = replace(splits, train=splits.train.subset(chosen))
     if cfg.dataset.get("shuffle_labels"):
         splits = shuffle_train_labels(splits, seed)
     if cfg.trainer.get("overfit_batches"):  # debug=overfit: the same few images every epoch

@@ -227,12 +227,7 @@ def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> N
     mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            parts.append(f"shape mismatch in {len(mismatched)} tensors: {'; '.join(mismatched[:4])}")
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} tensors the model does not have (e.g. {', '.join(unexpected[:3])})")
-        raise UserError(f"checkpoint {path}: does not fit this model: {'; '.join(parts)}")
+        from trainkit.components.pretrained import misfit
+
+        raise UserError(f"checkpoint {path}: does not fit this model: {misfit(mismatched, missing, unexpected)}")
     model.load_state_dict(state)

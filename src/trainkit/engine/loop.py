@@ -41,6 +41,7 @@ class Trainer:
         self.device, self.amp_dtype = device, amp_dtype
         self.callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
         self.best = best  # engine.tracking.Best: the best monitored value so far, kept by BestCheckpoint
+        self.averaged: dict = {}  # averaged copies of the model (ema, swa) by name, validated beside it
         self.epochs = epochs_to_run(settings.epochs, settings.fast_dev_run)
         self.monitor, self.on_nan = settings.monitor, settings.on_nan
         self.check_every = max(1, int(settings.log_every_n_steps))

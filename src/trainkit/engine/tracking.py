@@ -23,6 +23,7 @@ class Best:
     mode: str
     value: float | None = None
     epoch: int | None = None
+    weights: str = "raw"  # which weights scored it: raw, or an averaged model's (ema, swa)
 
     def update(self, value: float | None, epoch: int) -> bool:
         """Take `value` if it improves on the best so far; True if it did."""
@@ -32,4 +33,4 @@ class Best:
         return True
 
     def forget(self) -> None:
-        self.value, self.epoch = None, None
+        self.value, self.epoch, self.weights = None, None, "raw"

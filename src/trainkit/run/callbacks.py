@@ -38,12 +38,24 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
     if cfg.logger.tensorboard.enabled:
         callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
                                            cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))
+    averaging = cfg.regularization or {}
+    if averaging.get("ema") is not None:
+        from trainkit.engine.callbacks.ema import EMA
+
+        callbacks.append(EMA(**OmegaConf.to_container(averaging.ema, resolve=True)))
+    if averaging.get("swa") is not None:
+        from trainkit.engine.callbacks.swa import SWA
+
+        callbacks.append(SWA(run_dir / "checkpoints", **OmegaConf.to_container(averaging.swa, resolve=True)))
+    from trainkit.engine.callbacks.metrics_csv import MetricsCsv
+
+    callbacks.append(MetricsCsv(run_dir / "metrics.csv"))
     trial = trial_of_this_job(int(cfg.trainer.epochs))
     if trial is not None:  # a trial of a trainkit_optuna search: it reports every epoch and may be pruned
         from trainkit.engine.callbacks.pruning import Pruning
 
         callbacks.append(Pruning(trial, cfg.trainer.monitor, str(HydraConfig.get().sweeper.pruner)))
-    callbacks.append(BestCheckpoint(run_dir / "checkpoints", best))
+    callbacks.append(BestCheckpoint(run_dir / "checkpoints", best, int(OmegaConf.select(cfg, "checkpoint.save_top_k", default=1))))
     callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
     callbacks.append(ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps))
     snapshots = (cfg.get("callbacks") or {}).get("snapshots")

@@ -94,11 +94,8 @@ def build_model_for(config: dict, spec: DataSpec) -> torch.nn.Module:
 
     cfg = OmegaConf.create(current_targets(config))
     dropout = (cfg.get("regularization") or {}).get("dropout")
-    # Weights a model config would fetch or read when built (pretrained ones) are not needed:
-    # the checkpoint holds the trained weights.
-    for key in ("weights", "weights_path", "from_run"):
-        if key in cfg.model:
-            cfg.model[key] = None
+    # build_model leaves the pretrained weights (model.weights, weights_path, from_run) to the run that
+    # trains (run/training.py: build_parts): the checkpoint holds everything, so no source is read.
     return build_model(cfg, spec, float(dropout.p) if dropout else 0.0)
 
 

@@ -97,11 +97,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.engine.interrupts import StopRequest
     from trainkit.engine.loop import Trainer, steps_per_epoch
     from trainkit.components.optimizers import needs_closure
+    from trainkit.components.summary import model_summary, summary_lines
     from trainkit.console import report
     from trainkit.components.schedules import build_schedule
     from trainkit.engine.tracking import Best
 
-    device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg)
+    device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg, resuming=resume_payload is not None)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
     if needs_closure(optimizer) and steps > 1:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
@@ -127,14 +128,25 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
     report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
            f"{len(data.splits.test)} test; device={device}, {precision}")
+    summary = model_summary(model, data.spec.in_channels, data.spec.image_size)
+    for line in summary_lines(chosen_model(cfg), summary):
+        report(line)
     report(optimizer.weight_decay_summary)
     if cfg.trainer.get("overfit_batches"):
         report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
                f"same {len(data.splits.train)} training images every epoch")
     if trainer.epochs < cfg.trainer.epochs:
         report(f"fast dev run (trainer.fast_dev_run=true): {trainer.epochs} epoch, not the {cfg.trainer.epochs} of trainer.epochs")
-    record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
+    record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device),
+                  model=summary)
     return trainer, record
+
+
+def chosen_model(cfg: DictConfig) -> str:
+    """The model's name for the summary: the torchvision architecture, else the model group's option."""
+    from trainkit.run.callbacks import chosen_groups
+
+    return str(cfg.model.get("name") or chosen_groups().get("model") or cfg.model.get("_target_", "model"))
 
 
 def one_epoch(cfg: DictConfig, **changes):
@@ -146,14 +158,19 @@ def one_epoch(cfg: DictConfig, **changes):
     return dataclasses.replace(typed(TrainerConfig, cfg.trainer), epochs=1, fast_dev_run=False, **changes)
 
 
-def build_parts(cfg: DictConfig):
+def build_parts(cfg: DictConfig, resuming: bool = False):
     """(device, amp dtype, data, regularizers, model, optimizer, loss) as a run starts them, seeded:
-    also what `trainkit lr-find` and `trainkit check` train with."""
+    also what `trainkit lr-find` and `trainkit check` train with. The model starts from its pretrained
+    weights (model.weights, weights_path, from_run) unless `resuming` (a resume has its own), with
+    the fine-tune's frozen blocks and LR factors; both are reported."""
     from torch import nn
 
     from trainkit.components.assembly import build_model
     from trainkit.components.optimizers import build_optimizer
+    from trainkit.components.pretrained import load_pretrained
     from trainkit.components.regularization import Regularizers
+    from trainkit.components.transfer import apply_finetune
+    from trainkit.console import report
     from trainkit.data.build import build_data
     from trainkit.engine.devices import resolve_device, resolve_precision
     from trainkit.engine.seeding import seed_everything
@@ -163,8 +180,14 @@ def build_parts(cfg: DictConfig):
     seed_everything(int(cfg.trainer.seed))
     data = build_data(cfg, device)
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
-    model = build_model(cfg, data.spec, regularizers.dropout).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    model = build_model(cfg, data.spec, regularizers.dropout)
+    pretrained = None if resuming else load_pretrained(model, cfg.model)
+    model = model.to(device)
+    finetune = apply_finetune(model, **OmegaConf.to_container(cfg.finetune, resolve=True)) if cfg.get("finetune") else None
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization, finetune.lr_scales if finetune else None)
+    for line in (pretrained, finetune.describe() if finetune else None):
+        if line:
+            report(line)
     weights = data.loss_weights.to(device) if data.loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
     return device, amp_dtype, data, regularizers, model, optimizer, criterion
@@ -184,7 +207,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
             status = trainer.callbacks.stop_status  # pruned: tested and recorded like a completed run
         stopped_early = trainer.callbacks.stop_reason
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
-                   "best": best.value, "best_epoch": best.epoch, "skipped_steps": trainer.skipped_steps,
+                   "best": best.value, "best_epoch": best.epoch, "best_weights": best.weights,
+                   "skipped_steps": trainer.skipped_steps,
                    "message": trainer.message or stopped_early}
         if status == Status.INTERRUPTED:
             record.update(**summary, status=Status.INTERRUPTED)
@@ -200,9 +224,13 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         if stopped_early:
             report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
+    # The callbacks see the test's figures first: weight averaging adds its own (test/acc_ema ...).
+    results = {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")}
+    trainer.callbacks.on_test_end(trainer, results)
+    test_metrics = {k: v for k, v in results.items() if k.startswith("test/")}
     record.update(**summary, status=status, test=test_metrics)
-    trainer.callbacks.on_test_end(trainer, {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")})
-    rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch})": best.value, **trainer.last_metrics, **test_metrics,
+    weights = "" if best.weights == "raw" else f", {best.weights} weights"
+    rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch}{weights})": best.value, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
