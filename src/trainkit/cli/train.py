@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainkit.atomic import StorageError
+from trainkit.engine import distributed
 from trainkit.errors import USER_ERROR_EXIT_CODE, user_error_in
 from trainkit.run.folder import remove_if_empty_run
 from trainkit.run.training import (INTERRUPTED_EXIT_CODE, RunEnded, continues_run_in, crashed, mark_failed, run,
@@ -24,6 +25,8 @@ def main(cfg: DictConfig) -> float:
     started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if not distributed.is_rank_zero():
+        return run_as_another_rank(cfg, run_dir, started)
     try:
         return run(cfg, run_dir, started)
     except RunEnded as e:
@@ -52,6 +55,21 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def run_as_another_rank(cfg: DictConfig, run_dir: Path, started: float) -> float:
+    """A DDP process other than rank 0: the same training on its share of each batch, with rank 0's
+    exit code; rank 0 alone reports, records and tidies the run folder."""
+    try:
+        return run(cfg, run_dir, started)
+    except RunEnded as e:
+        raise SystemExit(e.code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except Exception as e:
+        if user_error_in(e) is None:
+            raise
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None  # rank 0 has said it
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
         "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
         "overfit_batches": optional(whole(1)), "fast_dev_run": one_of(True, False),
+        "devices": whole(1), "sync_bn": one_of(True, False),
     },
     "dataset": {
         "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
@@ -248,6 +249,14 @@ REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
 }
 
 
+def check_sync_bn_has_batch_norm(cfg: DictConfig) -> None:
+    """SyncBatchNorm replaces BatchNorm layers: with any other norm there is nothing to synchronise."""
+    kind = OmegaConf.select(cfg, "norm.kind")
+    if OmegaConf.select(cfg, "trainer.sync_bn") is True and kind != "batch":
+        raise UserError(f"trainer.sync_bn=true is not allowed with norm={kind}: it turns BatchNorm layers into "
+                        "SyncBatchNorm; use norm=batch, or trainer.sync_bn=false")
+
+
 def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signatures: bool = True) -> None:
     """Raise one UserError for the first problem found; silent for a good config.
 
@@ -287,6 +296,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
+    check_sync_bn_has_batch_norm(cfg)
     dataset = cfg.get("dataset") or {}
     check_channel_stats(dataset)
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
