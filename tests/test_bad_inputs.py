@@ -18,6 +18,7 @@ import yaml
 from conftest import run_trainkit
 from trainkit.engine.checkpoints import FORMAT
 
+CORES = len(os.sched_getaffinity(0))
 OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
 
 CASES = [
@@ -27,14 +28,14 @@ CASES = [
                             "optimizer takes betas, eps, exclude_bias_and_norm, lr, weight_decay "
                             "(+optimizer.lrr=... adds an argument its _target_ accepts)"),
     (["trainer.epoch=3"], "trainer.epoch=3: there is no key 'trainer.epoch' in the config (did you mean epochs?); trainer "
-                          "takes batch_size, device, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
-                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed"),
+                          "takes batch_size, device, devices, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
+                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed, sync_bn"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
                           "optimizer, regularization, logger, paths"),
-    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
+    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, devices, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
-                         "on_nan, overfit_batches, precision, progress, seed"),
+                         "on_nan, overfit_batches, precision, progress, seed, sync_bn"),
     (["+optimizer.lrr=3"], "optimizer.lrr=3: unknown key for torch.optim.Adam (did you mean lr?); allowed: amsgrad, betas, "
                            "capturable, decoupled_weight_decay, differentiable, eps, exclude_bias_and_norm, foreach, fused, "
                            "lr, maximize, weight_decay"),
@@ -248,6 +249,17 @@ CASES = [
     (["resume=nan.pt", "trainer.epochs=2"],
      "checkpoint nan.pt: its weights hold NaN or Inf (1 tensors, e.g. features.1.weight), so no run can continue from "
      "them; resume from an earlier checkpoint (best.pt is never saved from a diverged epoch) or start a new run"),
+    # issue 14: DDP (this machine has no CUDA: gloo, one process per core at most)
+    ([f"trainer.devices={CORES + 1}"], f"trainer.devices={CORES + 1} is not allowed: 1 to {CORES} (the CPU cores (gloo) here)"),
+    (["trainer.devices=0"], "trainer.devices=0 is not allowed: a whole number >= 1"),
+    (["trainer.devices=2", "trainer.batch_size=63"],
+     "trainer.batch_size=63 is not allowed: a multiple of the 2 processes: it is the global batch, split evenly over them"),
+    (["-m", "trainer.devices=2", "optimizer=sgd,adam"], "trainer.devices=2 is not allowed: 1 with -m: a sweep's jobs are "
+                                                         "single processes; run one `trainkit train trainer.devices=N` per configuration"),
+    (["trainer.sync_bn=true", "norm=group"], "trainer.sync_bn=true is not allowed with norm=group: it turns BatchNorm layers "
+                                             "into SyncBatchNorm; use norm=batch, or trainer.sync_bn=false"),
+    (["trainer.sync_bn=true", "trainer.devices=2"], "trainer.sync_bn=true is not allowed: SyncBatchNorm needs CUDA (torch has "
+                                                    "no CPU version); use trainer.sync_bn=false on CPU"),
 ]
 
 

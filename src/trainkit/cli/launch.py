@@ -15,6 +15,8 @@ import sys
 
 from trainkit.errors import USER_ERROR_EXIT_CODE, UserError, allowed
 
+INTERRUPTED_EXIT_CODE = 130
+
 # Hydra on the processes other than rank 0: the same config and run folder, but no .hydra/ and no train.log.
 QUIET_HYDRA = ("hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none")
 
@@ -43,8 +45,8 @@ def check_devices(cfg, multirun: bool) -> int:
     world = int(os.environ["WORLD_SIZE"]) if distributed.launched_by_torchrun() else devices
     cuda = torch.cuda.is_available() and not str(cfg.trainer.device).startswith(("cpu", "mps"))
     if cfg.trainer.sync_bn and world > 1 and not cuda:
-        raise allowed("trainer.sync_bn", True, "SyncBatchNorm needs CUDA (torch has no CPU version); "
-                                               "use trainer.sync_bn=false on CPU")
+        raise UserError("trainer.sync_bn=true is not allowed: SyncBatchNorm needs CUDA (torch has no CPU version); "
+                        "use trainer.sync_bn=false on CPU")
     if distributed.launched_by_torchrun():
         devices = 1
     elif devices > 1:
@@ -92,7 +94,7 @@ def hand_over(command: str, devices: int, args: list[str], run_dir, in_place: bo
     try:
         torchrun.main(launch)
     except SignalException as e:  # the processes were told and have stopped; rank 0 said what it saved
-        code = 128 + int(e.sigval)
+        code = INTERRUPTED_EXIT_CODE  # as one process: 130 for SIGINT and SIGTERM alike
     except ChildFailedError as e:
         codes = [f.exitcode for _, f in sorted(e.failures.items())]
         # Each process's own message is already on stderr; keep rank 0's code (2, 3, 130...) when it has one.

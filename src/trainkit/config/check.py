@@ -156,6 +156,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "logger.tensorboard": {"enabled": one_of(True, False), "image_grid": whole(0)},
     "paths": {"data_dir": None, "output_root": None, "cache_dir": None},
 }
+def joblib_jobs(v) -> bool:
+    return whole_at_least(1)(v) or v == -1
+
+
+joblib_jobs.what = "a whole number >= 1, or -1 (one job per core)"
+# hydra.launcher: the values of Hydra's joblib and submitit launchers (configs/hydra/launcher/) that their
+# plugins accept but fail on later, once the sweep has started.
+LAUNCHER_RULES = {
+    "n_jobs": joblib_jobs, "timeout_min": whole(1), "gpus_per_node": optional(whole(0)),
+    "cpus_per_task": optional(whole(1)), "mem_gb": optional(whole(1)), "nodes": whole(1), "tasks_per_node": whole(1),
+    "array_parallelism": whole(1), "signal_delay_s": whole(0), "max_num_timeout": whole(0),
+}
 # The top level of train.yaml: its groups and its own two keys.
 ROOT_KEYS = ("task_name", "resume", "dataset", "augmentation", "model", "norm", "activation", "init", "trainer",
              "schedule", "optimizer", "regularization", "logger", "paths")
