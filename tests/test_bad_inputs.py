@@ -258,6 +258,12 @@ CASES = [
                                                          "single processes; run one `trainkit train trainer.devices=N` per configuration"),
     (["trainer.sync_bn=true", "norm=group"], "trainer.sync_bn=true is not allowed with norm=group: it turns BatchNorm layers "
                                              "into SyncBatchNorm; use norm=batch, or trainer.sync_bn=false"),
+    (["-m", "hydra/launcher=slurm_local", "hydra.launcher.timeout_min=-1", "optimizer=sgd,adam"],
+     "hydra.launcher.timeout_min=-1 is not allowed: a whole number >= 1"),
+    (["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=-1", "optimizer=sgd,adam"],
+     "hydra.launcher.gpus_per_node=-1 is not allowed: null or a whole number >= 0"),
+    (["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=0", "optimizer=sgd,adam"],
+     "hydra.launcher.n_jobs=0 is not allowed: a whole number >= 1, or -1 (one job per core)"),
     (["trainer.sync_bn=true", "trainer.devices=2"], "trainer.sync_bn=true is not allowed: SyncBatchNorm needs CUDA (torch has "
                                                     "no CPU version); use trainer.sync_bn=false on CPU"),
 ]

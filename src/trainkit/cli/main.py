@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     summary = sys.modules.get("trainkit.run.sweep_summary")  # loaded by Hydra as a sweep's callback, or not at all
+    if command == "train" and summary is not None and summary.STOPPED:
+        print(f"interrupted: the sweep stopped; its summary is in {summary.STOPPED[0]}", file=sys.stderr)
+        raise SystemExit(130)
     if command == "train" and summary is not None and summary.FAILED_JOBS:
         failed = summary.FAILED_JOBS
         print(f"error: {len(failed)} sweep job(s) did not complete: {', '.join(failed)} (see summary.csv)", file=sys.stderr)
