@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -102,8 +103,12 @@ def skip_reason(command: Command) -> str | None:
         return "starts a server that runs until stopped"
     if program == "python" and any(w.startswith("scripts/bench_") for w in words):
         return "a benchmark (minutes of timed training): run by hand, see Benchmarks"
+    if program == "torchrun":
+        return "starts the processes `trainkit train trainer.devices=N` starts (tests/test_distributed.py); --nnodes=2 needs a second machine"
     if program != "trainkit":
         return None
+    if "hydra/launcher=slurm" in words and shutil.which("sbatch") is None:
+        return "needs a SLURM cluster (sbatch): tests/test_launchers.py composes and instantiates its launcher"
     if any(re.fullmatch(r"trainer\.device=cuda(:\d+)?", w) for w in words):
         import torch
 
