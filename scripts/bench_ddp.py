@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for name, (overrides, env) in LAYOUTS.items():
-                run_dir = Path(tmp) / f"{repeat}-{len(results[name])}-{name.split()[0]}{name.split()[2]}"
+                run_dir = Path(tmp) / f"{repeat}-{list(LAYOUTS).index(name)}"
                 done = subprocess.run([trainkit, "train", *base, *overrides, f"hydra.run.dir={run_dir}"],
                                       env={**os.environ, **env}, capture_output=True, text=True)
                 if done.returncode:

@@ -252,6 +252,8 @@ CASES = [
     # issue 14: DDP (this machine has no CUDA: gloo, one process per core at most)
     ([f"trainer.devices={CORES + 1}"], f"trainer.devices={CORES + 1} is not allowed: 1 to {CORES} (the CPU cores (gloo) here)"),
     (["trainer.devices=0"], "trainer.devices=0 is not allowed: a whole number >= 1"),
+    (["trainer.devices=2", "optimizer=lbfgs"], "trainer.devices=2 is not allowed: 1 with optimizer=lbfgs: its line "
+                                               "search needs the loss of the whole batch at every evaluation, which one process has"),
     (["trainer.devices=2", "trainer.batch_size=63"],
      "trainer.batch_size=63 is not allowed: a multiple of the 2 processes: it is the global batch, split evenly over them"),
     (["-m", "trainer.devices=2", "optimizer=sgd,adam"], "trainer.devices=2 is not allowed: 1 with -m: a sweep's jobs are "

@@ -39,6 +39,7 @@ def check_devices(cfg, multirun: bool) -> int:
     (its --nproc-per-node decided), where the global batch must split over torchrun's processes."""
     import torch
 
+    from trainkit.config.check import LBFGS
     from trainkit.engine import distributed
 
     devices = int(cfg.trainer.devices)
@@ -60,6 +61,9 @@ def check_devices(cfg, multirun: bool) -> int:
         if str(cfg.trainer.device).startswith("cuda:"):
             raise allowed("trainer.device", cfg.trainer.device, "auto or cuda with trainer.devices > 1: each process "
                                                                 "takes its own GPU")
+    if world > 1 and cfg.optimizer.get("_target_") == LBFGS:
+        raise allowed("trainer.devices", world, "1 with optimizer=lbfgs: its line search needs the loss of the whole "
+                                                "batch at every evaluation, which one process has")
     if world > 1 and cfg.trainer.batch_size % world:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"a multiple of the {world} processes: it is the global batch, split evenly over them")
