@@ -32,7 +32,7 @@ CASES = [
                           "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed, sync_bn"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
-                          "optimizer, regularization, logger, paths"),
+                          "optimizer, regularization, logger, paths, diagnostics"),
     (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, devices, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
                          "on_nan, overfit_batches, precision, progress, seed, sync_bn"),
@@ -59,6 +59,15 @@ CASES = [
     (["paths.output_root=mlp_run/metrics.json"],
      "hydra.run.dir='mlp_run/metrics.json/runs/RUN' is not allowed: WORKDIR/mlp_run/metrics.json is a file, not a folder"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
+    (["+diagnostics.vanish_ratio=0.1"], "diagnostics.vanish_ratio=0.1: unknown key (did you mean vanishing_ratio?); diagnostics "
+                                        "takes class_imbalance, dead_fraction, diagnosis, exploding_growth, histograms, "
+                                        "initial_loss_tolerance, lr_find, monitor, overfit_gap, sanity, sanity_images, "
+                                        "slow_progress, spike, underfit_acc, update_ratio_high, update_ratio_low, vanishing_ratio"),
+    (["diagnostics.initial_loss_tolerance=-1"], "diagnostics.initial_loss_tolerance=-1.0 is not allowed: a number > 0"),
+    (["diagnostics.overfit_gap=-0.05"], "diagnostics.overfit_gap=-0.05 is not allowed: a number strictly between 0 and 1"),
+    (["diagnostics.lr_find.start_lr=10", "diagnostics.lr_find.end_lr=1e-3"],
+     "diagnostics.lr_find.start_lr=10.0 is not allowed with diagnostics.lr_find.end_lr=0.001: the range test grows the LR, "
+     "so start_lr must be below end_lr (1e-7 and 10 by default)"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: a number > 0"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number > 0"),
     (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a number in [0, 1)"),
@@ -66,7 +75,19 @@ CASES = [
     (["trainer.epochs=ten"], "trainer.epochs='ten' is not allowed: a whole number >= 1"),
     (["trainer.batch_size=0"], "trainer.batch_size=0 is not allowed: a whole number >= 1"),
     (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5 is not allowed: a number strictly between 0 and 1"),
-    (["dataset.val_fraction=0"], "dataset.val_fraction=0 is not allowed: a number strictly between 0 and 1"),
+    (["dataset.val_fraction=0"], "dataset.val_fraction=0.0 is not allowed: a number strictly between 0 and 1"),
+    # numpy takes a 32-bit split seed: 5e19 once failed as a bad dataset.test_fraction
+    (["dataset.split_seed=5e19"], "dataset.split_seed=5e+19 is not allowed: a whole number from 0 to 4294967295 "
+                                  "(numpy's 32-bit seed)"),
+    (["dataset.split_seed=4294967296"], "dataset.split_seed=4294967296 is not allowed: a whole number from 0 to "
+                                        "4294967295 (numpy's 32-bit seed)"),
+    # a key the dataset's schema lacks (mnist has its own test set)
+    (["dataset=mnist", "+dataset.test_fraction=0.1"],
+     "dataset.test_fraction=0.1: unknown key; dataset takes balanced_sampler, class_names, class_weights, data_dir, "
+     "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, shuffle_labels, split_seed, std, "
+     "val_fraction, workers, zca_epsilon"),
+    (["optimizer=lookahead", "optimizer.k=0"],
+     "optimizer.k=0 is not allowed: a whole number >= 1 (fast steps between slow-weight updates)"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
     (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: auto, cpu, cuda, cuda:N or mps"),
     (["trainer.precision=8"], "trainer.precision=8 is not allowed: auto, 32, bf16 or 16"),
@@ -271,6 +292,36 @@ CASES = [
 ]
 
 
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+# issue 14: a process with torchrun's variables, set by hand (some of them), or by torchrun for a command that
+# cannot run as a DDP run's processes (this one process is rank 0 of a world of 1).
+TORCHRUN = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+ENV_CASES = [
+    ({"RANK": "1", "WORLD_SIZE": "2"}, ["train"],
+     "RANK, WORLD_SIZE set but not LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: this looks like one process of "
+     "a torchrun launch started without torchrun; start several processes with `trainkit train trainer.devices=N` or "
+     "`torchrun --nproc-per-node=N -m trainkit train ...`"),
+    (TORCHRUN, ["lr-find"], "trainkit lr-find is not allowed under torchrun: it runs in one process; start it without "
+                            "torchrun (only `trainkit train` runs as the processes of a DDP run)"),
+    (TORCHRUN, ["train", "-m", "optimizer=sgd,adam"], "-m is not allowed under torchrun: a sweep's jobs are single "
+                                                      "processes; start the sweep without torchrun, or one torchrun per configuration"),
+]
+
+
+@pytest.mark.parametrize("env,args,message", ENV_CASES, ids=[" ".join([*e, *a]) for e, a, _ in ENV_CASES])
+def test_bad_torchrun_launch_is_one_line_and_exit_code_2(tmp_path, env, args, message):
+    result = run_trainkit(*args, cwd=tmp_path, env={**env, "MASTER_PORT": free_port()} if env is TORCHRUN else env)
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n"), result.stdout
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 class Exploit:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
@@ -346,4 +397,5 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, args, message):
 def test_unknown_command(tmp_path):
     result = run_trainkit("trian", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "error: trainkit trian: unknown command; the commands are train, preview (trainkit --help)\n"
+    assert result.stderr == ("error: trainkit trian: unknown command; the commands are train, preview, check, lr-find, eval, "
+                             "ensemble, predict, export, runs, compare, report, refine (trainkit --help)\n")

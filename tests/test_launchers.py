@@ -25,7 +25,14 @@ def only_sweep(root: Path) -> Path:
 
 
 def summary(sweep: Path, name: str = "summary.csv") -> list[dict]:
-    return list(csv.DictReader(open(sweep / name)))
+    """The rows, each job by its number (its folder is `<number>_<what it varies>`)."""
+    rows = list(csv.DictReader(open(sweep / name)))
+    return [{**r, "job": r["job"].split("_")[0]} if "job" in r else r for r in rows]
+
+
+def job_dir(sweep: Path, number: str) -> Path:
+    (folder,) = sweep.glob(f"{number}_*")
+    return folder
 
 
 def test_joblib_runs_four_jobs_two_at_a_time_and_pools_the_seeds(tmp_path):
@@ -52,7 +59,7 @@ def test_submitit_runs_each_job_as_its_own_local_process(tmp_path):
     assert sorted(r["job"] for r in rows) == ["0", "1"] and {r["status"] for r in rows} == {"completed"}
     logs = sorted(p.name for p in (sweep / ".submitit").rglob("*_log.out"))
     assert len(logs) == 2  # submitit's own record of each job
-    assert all((sweep / j / "checkpoints" / "best.pt").is_file() for j in ("0", "1"))
+    assert all((job_dir(sweep, j) / "checkpoints" / "best.pt").is_file() for j in ("0", "1"))
 
 
 def test_ctrl_c_on_a_joblib_sweep_saves_the_running_jobs_skips_the_rest_and_writes_the_summary(tmp_path):
@@ -64,7 +71,8 @@ def test_ctrl_c_on_a_joblib_sweep_saves_the_running_jobs_skips_the_rest_and_writ
                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
                              start_new_session=True)  # its own process group, as a terminal's foreground job
     deadline = time.time() + 240
-    while time.time() < deadline and not all((tmp_path / "sweep" / j / "tensorboard").is_dir() for j in ("0", "1")):
+    while time.time() < deadline and not all(
+            any((tmp_path / "sweep").glob(f"{j}_*/tensorboard")) for j in ("0", "1")):
         time.sleep(0.2)
     time.sleep(1)
     os.killpg(sweep.pid, signal.SIGINT)
@@ -74,8 +82,8 @@ def test_ctrl_c_on_a_joblib_sweep_saves_the_running_jobs_skips_the_rest_and_writ
     assert sorted(rows) == ["0", "1", "2", "3"], out
     assert {rows[j]["status"] for j in rows} == {"interrupted"}
     for job in ("0", "1"):
-        assert (tmp_path / "sweep" / job / "checkpoints" / "last.pt").is_file()
-        record = json.loads((tmp_path / "sweep" / job / "metrics.json").read_text())
+        assert (job_dir(tmp_path / "sweep", job) / "checkpoints" / "last.pt").is_file()
+        record = json.loads((job_dir(tmp_path / "sweep", job) / "metrics.json").read_text())
         assert record["global_step"] > 0
     assert rows["2"]["message"] == rows["3"]["message"] == "not started: the sweep was stopped"
     assert "Traceback" not in out

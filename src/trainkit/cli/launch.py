@@ -34,6 +34,16 @@ def refuse_partial_torchrun_environment() -> None:
                         "trainer.devices=N` or `torchrun --nproc-per-node=N -m trainkit train ...`")
 
 
+def refuse_torchrun_for(command: str) -> None:
+    """Only `trainkit train` runs as the processes of a DDP run: any other command would run once per process,
+    each writing the same files."""
+    from trainkit.engine.distributed import launched_by_torchrun
+
+    if command != "train" and launched_by_torchrun():
+        raise UserError(f"trainkit {command} is not allowed under torchrun: it runs in one process; start it "
+                        "without torchrun (only `trainkit train` runs as the processes of a DDP run)")
+
+
 def check_devices(cfg, multirun: bool) -> int:
     """The processes a run asks for, checked against this machine before any is started; 1 under torchrun
     (its --nproc-per-node decided), where the global batch must split over torchrun's processes."""
@@ -49,6 +59,9 @@ def check_devices(cfg, multirun: bool) -> int:
         raise UserError("trainer.sync_bn=true is not allowed: SyncBatchNorm needs CUDA (torch has no CPU version); "
                         "use trainer.sync_bn=false on CPU")
     if distributed.launched_by_torchrun():
+        if multirun:  # every process would run the whole sweep, each its own jobs (and its own trials)
+            raise UserError("-m is not allowed under torchrun: a sweep's jobs are single processes; start the sweep "
+                            "without torchrun, or one torchrun per configuration")
         devices = 1
     elif devices > 1:
         if multirun:

@@ -6,7 +6,6 @@ import contextlib
 
 import torch
 
-from trainkit.config.check import device_name
 from trainkit.errors import allowed
 
 
@@ -19,26 +18,22 @@ def resolve_device(name: str) -> torch.device:
         raise allowed("trainer.device", name, f"this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
         raise allowed("trainer.device", name, "no Apple MPS device is available here; use auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise allowed("trainer.device", name, device_name.what) from None
+    return torch.device(name)  # the name passed config/schema.py's rule
 
 
 def resolve_precision(precision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for mixed precision, or None for plain fp32."""
+    """The autocast dtype for mixed precision, or None for plain fp32 (auto on a CPU, or 32).
+    `precision` passed config/schema.py's rule: auto, 32, bf16 or 16."""
     precision = str(precision)
     if precision == "auto":
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "32":
-        return None
     if precision in ("bf16", "16"):
         if device.type != "cuda":
             raise allowed("trainer.precision", precision, "mixed precision needs a CUDA device; use 32 or auto")
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    raise allowed("trainer.precision", precision, "auto, 32, bf16 or 16")
+    return None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
