@@ -66,25 +66,22 @@ def is_rank_zero() -> bool:
 
 def all_sum(values: list[float]) -> list[float]:
     """Each value summed over the ranks (float64: counts stay exact)."""
-    if world() == 1:
-        return list(values)
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return all_reduce(values, "SUM")
 
 
 def all_max(values: list[float]) -> list[float]:
     """Each value's maximum over the ranks: a flag raised on any rank is raised on all."""
+    return all_reduce(values, "MAX")
+
+
+def all_reduce(values: list[float], op: str) -> list[float]:
     if world() == 1:
         return list(values)
     import torch
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     return t.tolist()
 
 
