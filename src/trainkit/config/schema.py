@@ -25,9 +25,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from trainkit.config.rules import (above, device_name, fraction_open, in_unit_interval_half_open, joblib_jobs, nested,
-                                   non_negative, norm_order, one_of, optional, pixel_means, pixel_stds, positive, precision, probability, rule, ruled, seed,
-                                   split_seed, whole)
+from trainkit.config.rules import (above, device_name, fraction_open, in_unit_interval_half_open, nested, non_negative, norm_order,
+                                   one_of, optional, pixel_means, pixel_stds, positive, precision, probability, rule, ruled, seed,
+                                   split_seed, whole, joblib_jobs)
 from trainkit.metrics import MODES, MONITORABLE
 
 yes_or_no = one_of(True, False)
