@@ -90,17 +90,17 @@ def test_ctrl_c_on_a_joblib_sweep_saves_the_running_jobs_skips_the_rest_and_writ
     assert not (tmp_path / "sweep" / ".stop").exists()
 
 
-def test_the_slurm_launcher_composes_and_is_instantiated(compose_train):
+def test_the_slurm_launcher_composes_and_is_instantiated():
     """What can be checked without a cluster: the preset with a user's overrides composes, and Hydra's
     submitit plugin builds its SLURM launcher from it with the sbatch parameters."""
-    from hydra import compose
+    from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    compose_train()  # trainkit's configs, as the CLI finds them
-    cfg = compose(config_name="train", return_hydra_config=True, overrides=[
-        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
-        "hydra.launcher.gpus_per_node=2", "hydra.launcher.array_parallelism=4",
-        "+hydra.launcher.additional_parameters.account=proj"])
+    with initialize_config_module(config_module="trainkit.configs", version_base=None):  # as the CLI finds them
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
+            "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90",
+            "hydra.launcher.gpus_per_node=2", "hydra.launcher.array_parallelism=4",
+            "+hydra.launcher.additional_parameters.account=proj"])
     launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
     assert {k: launcher.params[k] for k in ("partition", "timeout_min", "gpus_per_node", "array_parallelism")} == \
