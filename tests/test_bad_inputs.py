@@ -20,6 +20,7 @@ from conftest import run_trainkit
 from trainkit.engine.checkpoints import FORMAT
 
 TORCHVISION = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models)))
+CORES = len(os.sched_getaffinity(0))
 OPTIMIZERS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optimizer").glob("*.yaml")))
 
 CASES = [
@@ -29,14 +30,14 @@ CASES = [
                             "optimizer takes betas, eps, exclude_bias_and_norm, lr, weight_decay "
                             "(+optimizer.lrr=... adds an argument its _target_ accepts)"),
     (["trainer.epoch=3"], "trainer.epoch=3: there is no key 'trainer.epoch' in the config (did you mean epochs?); trainer "
-                          "takes batch_size, device, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
-                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed"),
+                          "takes batch_size, device, devices, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
+                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed, sync_bn"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
                           "optimizer, regularization, logger, paths, diagnostics, checkpoint"),
-    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
+    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, devices, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
-                         "on_nan, overfit_batches, precision, progress, seed"),
+                         "on_nan, overfit_batches, precision, progress, seed, sync_bn"),
     (["+optimizer.lrr=3"], "optimizer.lrr=3: unknown key for torch.optim.Adam (did you mean lr?); allowed: amsgrad, betas, "
                            "capturable, decoupled_weight_decay, differentiable, eps, exclude_bias_and_norm, foreach, fused, "
                            "lr, maximize, weight_decay"),
@@ -298,7 +299,56 @@ CASES = [
     (["resume=nan.pt", "trainer.epochs=2"],
      "checkpoint nan.pt: its weights hold NaN or Inf (1 tensors, e.g. features.1.weight), so no run can continue from "
      "them; resume from an earlier checkpoint (best.pt is never saved from a diverged epoch) or start a new run"),
+    # issue 14: DDP (this machine has no CUDA: gloo, one process per core at most)
+    ([f"trainer.devices={CORES + 1}"], f"trainer.devices={CORES + 1} is not allowed: 1 to {CORES} (the CPU cores (gloo) here)"),
+    (["trainer.devices=0"], "trainer.devices=0 is not allowed: a whole number >= 1"),
+    (["trainer.devices=2", "optimizer=lbfgs"], "trainer.devices=2 is not allowed: 1 with optimizer=lbfgs: its line "
+                                               "search needs the loss of the whole batch at every evaluation, which one process has"),
+    (["trainer.devices=2", "trainer.batch_size=63"],
+     "trainer.batch_size=63 is not allowed: a multiple of the 2 processes: it is the global batch, split evenly over them"),
+    (["-m", "trainer.devices=2", "optimizer=sgd,adam"], "trainer.devices=2 is not allowed: 1 with -m: a sweep's jobs are "
+                                                         "single processes; run one `trainkit train trainer.devices=N` per configuration"),
+    (["trainer.sync_bn=true", "norm=group"], "trainer.sync_bn=true is not allowed with norm=group: it turns BatchNorm layers "
+                                             "into SyncBatchNorm; use norm=batch, or trainer.sync_bn=false"),
+    (["-m", "hydra/launcher=slurm_local", "hydra.launcher.timeout_min=-1", "optimizer=sgd,adam"],
+     "hydra.launcher.timeout_min=-1 is not allowed: a whole number >= 1"),
+    (["-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=-1", "optimizer=sgd,adam"],
+     "hydra.launcher.gpus_per_node=-1 is not allowed: null or a whole number >= 0"),
+    (["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=0", "optimizer=sgd,adam"],
+     "hydra.launcher.n_jobs=0 is not allowed: a whole number >= 1, or -1 (one job per core)"),
+    (["trainer.sync_bn=true", "trainer.devices=2"], "trainer.sync_bn=true is not allowed: SyncBatchNorm needs CUDA (torch has "
+                                                    "no CPU version); use trainer.sync_bn=false on CPU"),
 ]
+
+
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+# issue 14: a process with torchrun's variables, set by hand (some of them), or by torchrun for a command that
+# cannot run as a DDP run's processes (this one process is rank 0 of a world of 1).
+TORCHRUN = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+ENV_CASES = [
+    ({"RANK": "1", "WORLD_SIZE": "2"}, ["train"],
+     "RANK, WORLD_SIZE set but not LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT: this looks like one process of "
+     "a torchrun launch started without torchrun; start several processes with `trainkit train trainer.devices=N` or "
+     "`torchrun --nproc-per-node=N -m trainkit train ...`"),
+    (TORCHRUN, ["lr-find"], "trainkit lr-find is not allowed under torchrun: it runs in one process; start it without "
+                            "torchrun (only `trainkit train` runs as the processes of a DDP run)"),
+    (TORCHRUN, ["train", "-m", "optimizer=sgd,adam"], "-m is not allowed under torchrun: a sweep's jobs are single "
+                                                      "processes; start the sweep without torchrun, or one torchrun per configuration"),
+]
+
+
+@pytest.mark.parametrize("env,args,message", ENV_CASES, ids=[" ".join([*e, *a]) for e, a, _ in ENV_CASES])
+def test_bad_torchrun_launch_is_one_line_and_exit_code_2(tmp_path, env, args, message):
+    result = run_trainkit(*args, cwd=tmp_path, env={**env, "MASTER_PORT": free_port()} if env is TORCHRUN else env)
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n"), result.stdout
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 class Exploit:

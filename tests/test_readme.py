@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -103,8 +104,12 @@ def skip_reason(command: Command) -> str | None:
         return "a benchmark (minutes of timed training): run by hand, see Benchmarks"
     if program == "python" and any(w.startswith(("scripts/transfer_demo", "scripts/weight_averaging_demo")) for w in words):
         return "an experiment of many runs (minutes to most of an hour): run by hand; its slow test runs it"
+    if program == "torchrun":
+        return "starts the processes `trainkit train trainer.devices=N` starts (tests/test_distributed.py); --nnodes=2 needs a second machine"
     if program != "trainkit":
         return None
+    if "hydra/launcher=slurm" in words and shutil.which("sbatch") is None:
+        return "needs a SLURM cluster (sbatch): tests/test_launchers.py composes and instantiates its launcher"
     if any(re.fullmatch(r"trainer\.device=cuda(:\d+)?", w) for w in words):
         import torch
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainkit import __version__
+from trainkit.cli import launch
 from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
 
 USAGE = """usage: trainkit <command> [overrides] [hydra flags]    (trainkit --version)
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
             return
         argv = [command, *argv]
     command, rest = argv[0], argv[1:]
+    try:
+        launch.refuse_torchrun_for(command)
+    except UserError as e:
+        fail(str(e))
     if command in TOOLS:
         run_tool(command, rest)
         return
@@ -86,10 +92,21 @@ def main(argv: list[str] | None = None) -> None:
         return run_command(command, rest)
     if command not in APPS:
         fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *TOOLS, *COMMANDS])} (trainkit --help)")
+    prepared = Prepared(rest)
     try:
-        rest = prepare(command, rest)
+        if command == "train":
+            from trainkit.engine.distributed import launched_by_torchrun
+
+            launch.refuse_partial_torchrun_environment()
+        if command == "train" and launched_by_torchrun():  # one of the processes of a DDP run
+            rest = launch.worker_arguments(rest, lambda args: prepare(command, args).args)
+        else:
+            prepared = prepare(command, rest)
+            rest = prepared.args
     except UserError as e:
         fail(str(e))
+    if prepared.devices > 1:  # trainer.devices=N: torchrun starts N processes of this same command
+        launch.hand_over(command, prepared.devices, rest, prepared.run_dir, prepared.in_place)
     completing = any(a.split("=")[0] in ("-sc", "--shell-completion") for a in rest)
     # Hydra's completion script registers itself for sys.argv[0]: that must be the command itself.
     sys.argv = ["trainkit" if completing else f"trainkit {command}", *rest]
@@ -100,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     summary = sys.modules.get("trainkit.run.sweep_summary")  # loaded by Hydra as a sweep's callback, or not at all
+    if command == "train" and summary is not None and summary.STOPPED:
+        print(f"interrupted: the sweep stopped; its summary is in {summary.STOPPED[0]}", file=sys.stderr)
+        raise SystemExit(130)
     if command == "train" and summary is not None and summary.FAILED_JOBS:
         failed = summary.FAILED_JOBS
         print(f"error: {len(failed)} sweep job(s) did not complete: {', '.join(failed)} (see summary.csv)", file=sys.stderr)
@@ -192,11 +212,21 @@ def command_being_completed() -> str | None:
     return command
 
 
-def prepare(command: str, args: list[str]) -> list[str]:
+@dataclass
+class Prepared:
+    """The arguments for the command's Hydra app, and the processes a train run asks for (trainer.devices)."""
+
+    args: list[str]
+    devices: int = 1
+    run_dir: Path | None = None
+    in_place: bool = False  # a resume that continues its run's own folder
+
+
+def prepare(command: str, args: list[str]) -> Prepared:
     """The arguments for the command's Hydra app, once the config they compose is known to be
     right: Hydra's flags first, then the overrides (Hydra takes no other order), `~` expanded."""
     if any(a.split("=")[0] in HELP_FLAGS for a in args):
-        return args
+        return Prepared(args)
     if command == "train" and not any(a.split("=")[0] in INFO_FLAGS for a in args):
         return prepare_train(args)
     from trainkit.cli import preflight, preview
@@ -209,7 +239,7 @@ def prepare(command: str, args: list[str]) -> list[str]:
         preflight.check_all(overrides, parsed.multirun, sources, shallow=True)
     else:  # a preview: its data is built, its model never is
         preview.check_preview(preflight.compose_checked(overrides, sources, build=False).cfg)
-    return [*options, *overrides]
+    return Prepared([*options, *overrides])
 
 
 def hydra_arguments(args: list[str]):
@@ -248,7 +278,7 @@ def expand_home(override: str) -> str:
     return override if expanded == value else f"{key}={hydra_value(expanded)}"
 
 
-def prepare_train(args: list[str]) -> list[str]:
+def prepare_train(args: list[str]) -> Prepared:
     """Check every override composes, resolve `resume=`, and return the arguments for Hydra."""
     from trainkit.cli import preflight
     from trainkit.run.resume import resume_value
@@ -266,8 +296,19 @@ def prepare_train(args: list[str]) -> list[str]:
     if resume and resume != "null":
         return prepare_resume(resume, overrides, options, sources)
     composed = preflight.check_all(overrides, parsed.multirun, sources)
+    devices = launch.check_devices(composed.cfg, parsed.multirun)
+    overrides = with_shared_run_dir(overrides, composed, devices)
     claim_named_folder(overrides, parsed.multirun, composed)
-    return [*options, *overrides]
+    return Prepared([*options, *overrides], devices, composed.run_dir)
+
+
+def with_shared_run_dir(overrides: list[str], composed, devices: int) -> list[str]:
+    """Every process of a DDP run gets the folder named once here (a time-named folder would differ)."""
+    from trainkit.engine.distributed import launched_by_torchrun
+
+    if (devices > 1 or launched_by_torchrun()) and not launch.names_run_dir(overrides):
+        return [*overrides, launch.run_dir_override(composed.run_dir)]
+    return overrides
 
 
 def claim_named_folder(overrides: list[str], multirun: bool, composed) -> None:
@@ -305,7 +346,7 @@ def resume_auto(overrides: list[str], sources) -> str | None:
     return str(run_dir)
 
 
-def prepare_resume(resume: str, overrides: list[str], options: list[str], sources) -> list[str]:
+def prepare_resume(resume: str, overrides: list[str], options: list[str], sources) -> Prepared:
     """Hydra's arguments that continue `resume` (a run folder or a .pt file), once it is known to fit.
 
     In place only from a run folder or its last.pt; another checkpoint of a run (best.pt) continues
@@ -342,6 +383,8 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     if not in_place:  # a new run folder, as for a new run
         preflight.check_output_folder(composed, overrides)
     check_resumable(composed.cfg, payload, checkpoint, in_place)
+    devices = launch.check_devices(composed.cfg, False)
+    overrides = with_shared_run_dir(overrides, composed, devices)
     written = checkpoint.stat().st_mtime_ns
 
     def still_resumable() -> None:
@@ -352,5 +395,5 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     if in_place:
         claim(run_dir, still_resumable)
     else:
-        claim_named_folder(user_overrides, False, composed)
-    return [*options, *overrides]
+        claim_named_folder(overrides, False, composed)
+    return Prepared([*options, *overrides], devices, composed.run_dir, in_place)

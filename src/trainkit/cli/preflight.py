@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,6 +45,7 @@ class Composed:
     sweep_dir: Path  # where a sweep would write
     sweep_params: dict  # hydra.sweeper.params from the config (an experiment's sweep)
     sweeper: DictConfig | None = None  # hydra.sweeper: a trainkit_optuna search may continue in a used folder
+    launcher: dict = field(default_factory=dict)  # hydra.launcher: what runs a sweep's jobs
 
 
 COMPOSE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException)
@@ -83,7 +84,8 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
         check_buildable(job_cfg)
     check_sweep_direction(cfg)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
-    return Composed(job_cfg, run_dir, sweep_dir, params or {}, cfg.hydra.sweeper)
+    return Composed(job_cfg, run_dir, sweep_dir, params or {}, cfg.hydra.sweeper,
+                    OmegaConf.to_container(cfg.hydra.launcher, resolve=False))
 
 
 def refuse_non_mapping_options(cfg: DictConfig, sources: ConfigSources) -> None:
@@ -231,6 +233,7 @@ def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = Con
     base = [b for b in base if b is not None]
     composed = compose_checked(base, sources, **checks)
     if not shallow:
+        check_launcher(composed.launcher)
         check_output_folder(composed, overrides, multirun=True)
     swept = [(i, o) for i, o in enumerate(parsed) if o.is_sweep_override()]
     # Sweeps an experiment or hparams_search config defines (hydra.sweeper.params) are checked too.
@@ -242,6 +245,22 @@ def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = Con
             trial = [b for j, b in enumerate(base) if j != i] + [f"{o.get_key_element()}={value}"]
             compose_checked(trial, sources, **checks)
     return composed
+
+
+def check_launcher(launcher: dict) -> None:
+    """The launcher of a sweep (configs/hydra/launcher/): values its plugin would take and fail on later,
+    after the sweep folder exists (a negative time limit kills every job; a negative GPU count asks for none)."""
+    import shutil
+
+    from trainkit.config.rules import require
+    from trainkit.config.schema import LauncherConfig
+
+    for f in fields(LauncherConfig):
+        if f.name in launcher:
+            require(f.metadata["rule"], f"hydra.launcher.{f.name}", launcher[f.name])
+    if str(launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("sbatch") is None:
+        raise UserError("hydra/launcher=slurm is not allowed here: sbatch is not on PATH (submitit submits the jobs with it); "
+                        "start the sweep on the cluster's login node, or try it here with hydra/launcher=slurm_local")
 
 
 def check_output_folder(composed: Composed, overrides: list[str], multirun: bool = False) -> None:

@@ -13,9 +13,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from trainkit.atomic import StorageError
+from trainkit.engine import distributed
 from trainkit.errors import USER_ERROR_EXIT_CODE, user_error_in
 from trainkit.run.folder import remove_if_empty_run
 from trainkit.run.job_names import register as register_job_folder_resolver
+from trainkit.run.sweep_summary import sweep_stop_file
 from trainkit.run.training import (INTERRUPTED_EXIT_CODE, RunEnded, continues_run_in, crashed, mark_failed, run,
                                    stop_sweep, storage_failed)
 
@@ -27,10 +29,20 @@ def main(cfg: DictConfig) -> float:
     started = time.time()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    if not distributed.is_rank_zero():
+        return run_as_another_rank(cfg, run_dir, started)
+    # Under a launcher whose jobs run in other processes (joblib, submitit), a stopped job must return:
+    # raising would make joblib kill the other running jobs before they save.
+    stop_file = sweep_stop_file()
+    if stop_file is not None and stop_file.exists():
+        return not_started(run_dir)
     try:
         return run(cfg, run_dir, started)
     except RunEnded as e:
         if in_sweep and e.code != INTERRUPTED_EXIT_CODE:
+            return float("nan")
+        if stop_file is not None:
+            stop_file.write_text("a job was interrupted\n")  # the jobs after this one do not start
             return float("nan")
         if in_sweep:  # Ctrl-C or SIGTERM stops the whole sweep, not only this job
             stop_sweep(run_dir)
@@ -41,6 +53,9 @@ def main(cfg: DictConfig) -> float:
         if not continues_run_in(cfg, run_dir):
             remove_if_empty_run(run_dir)
         report("interrupted before training started", error=True)
+        if stop_file is not None:
+            stop_file.write_text("a job was interrupted\n")
+            return not_started(run_dir)
         raise SystemExit(INTERRUPTED_EXIT_CODE) from None
     except StorageError as e:  # a full disk: what was written before is intact, the run can go on later
         return storage_failed(run_dir, e, in_sweep)
@@ -55,6 +70,31 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
+
+
+def not_started(run_dir: Path) -> float:
+    """A job of a stopped sweep: its folder says so, and the summary lists it as not run."""
+    from trainkit.run.record import RunRecord
+    from trainkit.status import Status
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    RunRecord(run_dir, "", "", "", []).update(status=Status.INTERRUPTED, message="not started: the sweep was stopped")
+    return float("nan")
+
+
+def run_as_another_rank(cfg: DictConfig, run_dir: Path, started: float) -> float:
+    """A DDP process other than rank 0: the same training on its share of each batch, with rank 0's
+    exit code; rank 0 alone reports, records and tidies the run folder."""
+    try:
+        return run(cfg, run_dir, started)
+    except RunEnded as e:
+        raise SystemExit(e.code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+    except Exception as e:
+        if user_error_in(e) is None:
+            raise
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None  # rank 0 has said it
 
 
 if __name__ == "__main__":

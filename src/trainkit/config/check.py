@@ -82,6 +82,14 @@ def fields_of(path: str) -> list[str]:
     return [f.name for f in dataclasses.fields(schema)]
 
 
+def check_sync_bn_has_batch_norm(cfg: DictConfig) -> None:
+    """SyncBatchNorm replaces BatchNorm layers: with any other norm there is nothing to synchronise."""
+    kind = OmegaConf.select(cfg, "norm.kind")
+    if OmegaConf.select(cfg, "trainer.sync_bn") is True and kind != "batch":
+        raise UserError(f"trainer.sync_bn=true is not allowed with norm={kind}: it turns BatchNorm layers into "
+                        "SyncBatchNorm; use norm=batch, or trainer.sync_bn=false")
+
+
 def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signatures: bool = True) -> None:
     """Raise one UserError for the first problem found; silent for a good config.
 
@@ -119,6 +127,7 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     check_swa_starts_within_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
     check_lr_range(cfg)
+    check_sync_bn_has_batch_norm(cfg)
     dataset = cfg.get("dataset") or {}
     check_channel_stats(dataset)
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":

@@ -79,6 +79,11 @@ def whole(n: int):
     return rule(f"a whole number >= {n}")(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= n)
 
 
+@rule("a whole number >= 1, or -1 (one job per core)")
+def joblib_jobs(v) -> bool:
+    return whole(1)(v) or v == -1
+
+
 def whole_between(lo: int, hi: int, what: str):
     return rule(what)(lambda v: whole(lo)(v) and v <= hi)
 

@@ -25,9 +25,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from trainkit.config.rules import (above, device_name, fraction_open, fraction_up_to_one, in_unit_interval_half_open, nested,
-                                   non_negative, norm_order, one_of, optional, pixel_means, pixel_stds, positive, precision,
-                                   probability, rule, ruled, seed, split_seed, whole)
+from trainkit.config.rules import (above, device_name, fraction_open, fraction_up_to_one, in_unit_interval_half_open, joblib_jobs,
+                                   nested, non_negative, norm_order, one_of, optional, pixel_means, pixel_stds, positive,
+                                   precision, probability, rule, ruled, seed, split_seed, whole)
 from trainkit.metrics import MODES, MONITORABLE
 
 yes_or_no = one_of(True, False)
@@ -56,6 +56,8 @@ class TrainerConfig:
     overfit_batches: Optional[int] = ruled(optional(whole(1)))
     fast_dev_run: bool = ruled(yes_or_no)
     progress: Any = ruled(one_of("auto", True, False))
+    devices: int = ruled(whole(1))  # DDP processes; how many this machine has: cli/launch.check_devices
+    sync_bn: bool = ruled(yes_or_no)  # needs norm=batch: config/check.check_sync_bn_has_batch_norm
 
 
 @dataclass
@@ -260,6 +262,24 @@ REGULARIZATION: dict[str, type] = {
     "label_smoothing": LabelSmoothingConfig, "mixup": MixupConfig, "cutmix": CutmixConfig,
     "early_stopping": EarlyStoppingConfig, "grad_clip": GradClipConfig, "ema": EmaConfig, "swa": SwaConfig,
 }
+
+
+@dataclass
+class LauncherConfig:
+    """hydra.launcher (configs/hydra/launcher/): the values Hydra's joblib and submitit launchers accept but
+    fail on later, once the sweep has started. Not a stored schema (the plugins have their own): each launcher
+    holds some of these keys, and preflight.check_launcher applies the rules of those it holds."""
+
+    n_jobs: int = ruled(joblib_jobs)
+    timeout_min: int = ruled(whole(1))
+    gpus_per_node: Optional[int] = ruled(optional(whole(0)))
+    cpus_per_task: Optional[int] = ruled(optional(whole(1)))
+    mem_gb: Optional[int] = ruled(optional(whole(1)))
+    nodes: int = ruled(whole(1))
+    tasks_per_node: int = ruled(whole(1))
+    array_parallelism: int = ruled(whole(1))
+    signal_delay_s: int = ruled(whole(0))
+    max_num_timeout: int = ruled(whole(0))
 
 
 @dataclass

@@ -122,7 +122,9 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
     return "device", why, train_ops, eval_ops
 
 
-def build_data(cfg, device: torch.device) -> Data:
+def build_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Data:
+    """The run's data; with several processes (DDP), each loader yields this rank's share of every
+    global batch (trainer.batch_size and eval_batch_size stay global)."""
     seed = int(cfg.trainer.seed)  # the data order and the augmentation draws
     splits = build_splits(cfg.dataset, int(cfg.dataset.get("split_seed", 0)))  # which images are held out
     if cfg.dataset.get("train_subset"):  # little-data experiments: the same n training images every run
@@ -144,18 +146,21 @@ def build_data(cfg, device: torch.device) -> Data:
     batch, eval_batch = int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)
     kind, reason, train_ops, eval_ops = choose_loader(cfg.dataset.loader, splits, train_pipeline, eval_pipeline, device)
     if kind == "device":
-        train = DeviceLoader(splits.train, train_ops, batch, seed, train=True, device=device, weights=sampler_weights)
-        val = DeviceLoader(splits.val, eval_ops, eval_batch, seed, train=False, device=device)
-        test = DeviceLoader(splits.test, eval_ops, eval_batch, seed, train=False, device=device)
+        shard = {"rank": rank, "world": world}
+        train = DeviceLoader(splits.train, train_ops, batch, seed, train=True, device=device, weights=sampler_weights, **shard)
+        val = DeviceLoader(splits.val, eval_ops, eval_batch, seed, train=False, device=device, **shard)
+        test = DeviceLoader(splits.test, eval_ops, eval_batch, seed, train=False, device=device, **shard)
     else:
         pin = device.type == "cuda"
+        shard = {"rank": rank, "world": world}
         train = WorkerLoader(splits.train, train_pipeline, batch, seed, train=True,
-                             workers=workers, pin_memory=pin, weights=sampler_weights)
+                             workers=workers, pin_memory=pin, weights=sampler_weights, **shard)
         # An empty eval pipeline is only a tensor conversion: not worth worker processes.
         eval_workers = workers if len(cfg.augmentation.eval or []) else 0
-        val = WorkerLoader(splits.val, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin)
+        val = WorkerLoader(splits.val, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin,
+                           **shard)
         test = WorkerLoader(splits.test, eval_pipeline, eval_batch, seed, train=False, workers=eval_workers, pin_memory=pin,
-                            persistent=False)  # used once, at the end
+                            persistent=False, **shard)  # used once, at the end
         reason = f"{reason}; {workers} worker process(es)"
     from trainkit.console import report
 

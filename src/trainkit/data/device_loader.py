@@ -9,7 +9,6 @@ path runs, so both paths draw from the same distribution (not the same numbers).
 from __future__ import annotations
 
 import hashlib
-import math
 
 import albumentations as A
 import cv2
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from trainkit.data.augmentation import user_transforms
 from trainkit.data.sources import ArraySource
 from trainkit.errors import UserError
-from trainkit.data.loaders import EpochSampler
+from trainkit.data.loaders import EpochSampler, GlobalBatches
 
 BATCHED = "HorizontalFlip, VerticalFlip, Pad, PadIfNeeded, RandomCrop, CenterCrop, CoarseDropout, NoOp"
 # cv2 border modes that torch.nn.functional.pad can reproduce.
@@ -194,32 +193,45 @@ class DeviceLoader:
     """
 
     def __init__(self, source: ArraySource, ops: list, batch_size: int, seed: int, train: bool,
-                 device: torch.device, weights: torch.Tensor | None = None):
+                 device: torch.device, weights: torch.Tensor | None = None, rank: int = 0, world: int = 1):
         # NCHW once, up front: per batch there is then only the index and the augmentation.
         self.images = torch.from_numpy(source.images).to(device).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(source.labels).to(device)
         self.sampler = EpochSampler(len(source), seed, shuffle=train, weights=weights)
+        self.batches = GlobalBatches(self.sampler, batch_size, train, rank, world)
         self.ops, self.batch_size, self.seed, self.device = ops, batch_size, seed, device
-        self.start_batch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
-        self.start_batch = 0
+        self.batches.start = 0
 
     def skip_batches(self, batches: int) -> None:
-        self.start_batch = batches
+        self.batches.start = batches
 
     def __len__(self) -> int:
-        return math.ceil(self.sampler.n / self.batch_size)
+        return len(self.batches)
+
+    def batch_total(self, b: int) -> int:
+        return self.batches.total(b)
 
     def __iter__(self):
         indices, _ = self.sampler.order()
         indices = indices.to(self.device)
-        epoch = self.sampler.epoch
-        for b in range(self.start_batch, len(self)):
-            idx = indices[b * self.batch_size:(b + 1) * self.batch_size]
-            images = apply_ops(self.ops, self.images[idx], batch_generator(self.seed, epoch, b))
-            yield images, self.labels[idx]
+        epoch, batches = self.sampler.epoch, self.batches
+        for b in range(batches.start, len(batches)):
+            share = batches.positions(b)
+            if not len(share):
+                continue
+            g = batch_generator(self.seed, epoch, b)
+            if batches.world == 1 or not self.ops:
+                idx = indices[share.start:share.stop:share.step]
+                yield apply_ops(self.ops, self.images[idx], g), self.labels[idx]
+                continue
+            # Several processes: the whole global batch is augmented with its draws, and this rank keeps its
+            # rows, so each image gets the draws it gets in one process (batched ops cost little beside the model).
+            whole = indices[b * self.batch_size:b * self.batch_size + batches.total(b)]
+            rows = slice(batches.rank, None, batches.world)
+            yield apply_ops(self.ops, self.images[whole], g)[rows].contiguous(), self.labels[whole][rows]
 
     def augment(self, indices, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The given images augmented with draws from `seed` (for looking at them)."""

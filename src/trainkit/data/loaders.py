@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import os
+import signal
 
 import numpy as np
 import torch
@@ -54,6 +54,43 @@ class EpochSampler(Sampler):
         return self.n - self.start
 
 
+class GlobalBatches:
+    """This process's share of each global batch of `sampler`'s epoch order (trainer.devices / torchrun).
+
+    Rank r of N takes positions r, r+N, r+2N, ... of each global batch of `batch_size`: the interleave
+    of torch's DistributedSampler, but over trainkit's own seeded order, whose (index, seed) pairs keep
+    each image's augmentation what it is in one process, without the duplicates DistributedSampler pads
+    an epoch with (validation counts every image once), and with resume mid-epoch (`start`). One
+    process (N = 1) takes whole batches. A last training batch smaller than N is dropped: a rank with
+    no image would have nothing to backpropagate.
+    """
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, train: bool, rank: int = 0, world: int = 1):
+        self.sampler, self.batch_size, self.train, self.rank, self.world = sampler, batch_size, train, rank, world
+        self.start = 0  # the first batch of the epoch to yield (resume mid-epoch)
+
+    def __len__(self) -> int:
+        """Global batches per epoch: the same count on every rank."""
+        full, left = divmod(self.sampler.n, self.batch_size)
+        return full + (left >= (self.world if self.train else 1))
+
+    def positions(self, b: int) -> range:
+        """Where this rank's share of global batch `b` sits in the epoch order."""
+        start = b * self.batch_size
+        return range(start + self.rank, min(start + self.batch_size, self.sampler.n), self.world)
+
+    def total(self, b: int) -> int:
+        """Images in global batch `b`, over all ranks."""
+        return min(self.batch_size, self.sampler.n - b * self.batch_size)
+
+    def __iter__(self):
+        indices, seeds = self.sampler.order()
+        for b in range(self.start, len(self)):
+            share = self.positions(b)
+            if len(share):  # an evaluation batch can leave a rank without images: it skips that batch
+                yield list(zip(indices[share].tolist(), seeds[share].tolist()))
+
+
 class AugmentedDataset(Dataset):
     """Applies the albumentations pipeline to one image, seeded by the sampler."""
 
@@ -75,6 +112,10 @@ def _quiet_worker(worker_id: int) -> None:
     import cv2
 
     cv2.setNumThreads(0)
+    # torchrun signals each rank's whole process group: a worker killed by that SIGTERM would crash the
+    # rank ("DataLoader worker ... is killed") before it saves last.pt. The rank stops its workers itself.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers() -> int:
@@ -86,11 +127,13 @@ class WorkerLoader:
     """Batches of uint8 NCHW images and labels from DataLoader workers."""
 
     def __init__(self, source: ArraySource, pipeline, batch_size: int, seed: int, train: bool,
-                 workers: int, pin_memory: bool, weights: torch.Tensor | None = None, persistent: bool = True):
+                 workers: int, pin_memory: bool, weights: torch.Tensor | None = None, persistent: bool = True,
+                 rank: int = 0, world: int = 1):
         self.sampler = EpochSampler(len(source), seed, shuffle=train, weights=weights)
         self.batch_size = batch_size
+        self.batches = GlobalBatches(self.sampler, batch_size, train, rank, world)
         self.loader = DataLoader(
-            AugmentedDataset(source, pipeline), batch_size=batch_size, sampler=self.sampler,
+            AugmentedDataset(source, pipeline), batch_sampler=self.batches,
             num_workers=workers, persistent_workers=workers > 0 and persistent, pin_memory=pin_memory,
             worker_init_fn=_quiet_worker if workers > 0 else None,
             # Its own generator: starting an epoch's iterator draws the workers' base seed from
@@ -100,9 +143,10 @@ class WorkerLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+        self.batches.start = 0
 
     def skip_batches(self, batches: int) -> None:
-        self.sampler.skip(batches * self.batch_size)
+        self.batches.start = batches
 
     def __iter__(self):
         return iter(self.loader)
@@ -116,8 +160,10 @@ class WorkerLoader:
 
     def __len__(self) -> int:
         """Batches in a whole epoch (also after skip_batches)."""
-        n = self.sampler.n
-        return math.ceil(n / self.batch_size)
+        return len(self.batches)
+
+    def batch_total(self, b: int) -> int:
+        return self.batches.total(b)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from trainkit import metrics as M
+from trainkit.engine import distributed
 from trainkit.engine.callbacks.base import CallbackList
 from trainkit.engine.devices import autocast
 from trainkit.components.optimizers import needs_closure
@@ -37,6 +38,7 @@ class Trainer:
                  amp_dtype, callbacks: CallbackList, best=None, stop_request=None, config: dict | None = None):
         self.settings = settings
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.network = model  # what training steps call: the model, or DDP around it with several processes (fit)
         self.criterion, self.regularizers, self.data = criterion, regularizers, data
         self.device, self.amp_dtype = device, amp_dtype
         self.callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
@@ -60,12 +62,14 @@ class Trainer:
         self.step_lr = float(optimizer.param_groups[0]["lr"])  # the LR the latest step used (the logs show this)
         self.message: str | None = None
         self.skipped_steps = 0  # on_nan=skip: steps whose update was dropped
+        self._stop_agreed = False  # several processes: a stop every rank knows of (_agree)
         self._reset_running()
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> Status:
         """Train until `epochs`, early stopping, an interrupt or divergence; returns the status."""
         status = Status.COMPLETED
+        self.network = distributed.wrap(self.model)
         self.callbacks.on_fit_start(self)
         try:
             while self.epoch < self.epochs and not self.should_stop:
@@ -80,6 +84,7 @@ class Trainer:
                 self.batch_in_epoch = 0
                 self.last_metrics = metrics
                 self.callbacks.on_epoch_end(self, metrics)
+                self._agree()
                 if self.interrupted:
                     status = Status.INTERRUPTED
                     break
@@ -100,21 +105,23 @@ class Trainer:
         else:
             self._reset_running()
         if self.batch_in_epoch >= self.steps_per_epoch:  # resumed after the epoch's last step: validation is left
-            loss_avg, acc = self.running_train_metrics()
+            loss_avg, acc, _, _ = self._epoch_train_metrics()
             return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
         for images, labels in self.data.train:
             images, labels = self.data.to_device(images, labels)
             loss = self.training_step(images, labels)
             self.global_step += 1
             self.batch_in_epoch += 1
+            loss = self._agree(loss, labels.numel())
             self.callbacks.on_step_end(self, loss)
             if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
                 break
         self._check_finite()
-        if self._count == 0 and self._skipped_in_epoch:
-            raise Diverged(f"every step of epoch {self.epoch + 1} had a non-finite loss ({self._skipped_in_epoch} skipped); "
+        self._agree()
+        loss_avg, acc, counted, skipped = self._epoch_train_metrics()
+        if counted == 0 and skipped:
+            raise Diverged(f"every step of epoch {self.epoch + 1} had a non-finite loss ({skipped} skipped); "
                            "lower optimizer.lr or add regularization=[grad_clip]")
-        loss_avg, acc = self.running_train_metrics()
         return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,16 +130,18 @@ class Trainer:
         if self.uses_closure:
             return self.closure_step(images, targets, labels)
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(images)
+            logits = self.network(images)
             loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
-        if self.on_nan == "skip" and not torch.isfinite(loss):  # a host sync per step, only in this mode
+        # A host sync per step, only in this mode; with several processes all skip the step or none
+        # (DDP's backward waits for every rank).
+        if self.on_nan == "skip" and distributed.all_max([float(not torch.isfinite(loss))])[0]:
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step_batch()  # the schedule's clock stays with the step count
             self.skipped_steps += 1
             self._skipped_in_epoch += 1
             return loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(self._share_of_global_batch(loss, labels)).backward()
         self.scaler.unscale_(self.optimizer)
         self.regularizers.clip_gradients(self.model)
         self.scaler.step(self.optimizer)
@@ -160,12 +169,28 @@ class Trainer:
         self._accumulate(first["loss"], first["logits"], labels)
         return first["loss"]
 
+    def _share_of_global_batch(self, loss: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """With several processes, each rank's mean loss weighted by its share of the global batch: DDP
+        averages the ranks' gradients, which is then exactly the gradient of the global batch's mean loss,
+        also for an uneven last batch."""
+        world = distributed.world()
+        if world == 1:
+            return loss
+        return loss * (labels.numel() * world / self.data.train.batch_total(self.batch_in_epoch))
+
     def evaluate(self, loader, prefix: str, limit: int | None = None) -> dict:
         return evaluate(self.model, loader, self.data.to_device, self.device, self.amp_dtype, prefix, limit)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     @property
     def interrupted(self) -> bool:
+        """A stop was asked for (Ctrl-C, SIGTERM); with several processes, one all of them have agreed on."""
+        if distributed.world() > 1:
+            return self._stop_agreed
+        return self._signalled
+
+    @property
+    def _signalled(self) -> bool:
         return bool(self.stop_request and self.stop_request.requested)
 
     def _reset_running(self) -> None:
@@ -175,6 +200,7 @@ class Trainer:
         self._skipped_in_epoch = 0
         self._pending_losses: list[torch.Tensor] = []
         self._pending_steps: list[int] = []
+        self._diverged: Diverged | None = None
 
     def _accumulate(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         # Kept on the device and summed lazily: no host sync per step.
@@ -188,7 +214,8 @@ class Trainer:
             self._check_finite()
 
     def _check_finite(self) -> None:
-        """Stop on a NaN/Inf loss, naming the first bad step (checked every few steps)."""
+        """Stop on a NaN/Inf loss, naming the first bad step (checked every few steps). With several
+        processes the rank that finds it stops with all others at the next step (`_agree`)."""
         if not self._pending_losses:
             return
         losses = torch.stack(self._pending_losses)
@@ -197,10 +224,57 @@ class Trainer:
             first_bad = int((~finite).nonzero()[0, 0])
             step = self._pending_steps[first_bad]
             self._pending_losses, self._pending_steps = [], []
-            raise Diverged(f"the training loss became {float(losses[first_bad]):.4g} at step {step} (epoch {self.epoch + 1}); "
-                           "lower optimizer.lr, add regularization=[grad_clip], or set trainer.on_nan=skip")
+            self._diverged = self._diverged or Diverged(
+                f"the training loss became {float(losses[first_bad]):.4g} at step {step} (epoch {self.epoch + 1}); "
+                "lower optimizer.lr, add regularization=[grad_clip], or set trainer.on_nan=skip")
+            if distributed.world() == 1:
+                raise self._diverged
+            return
         self._loss_sum = self._loss_sum + losses.sum().double().cpu()
         self._pending_losses, self._pending_steps = [], []
+
+    def _agree(self, loss: torch.Tensor | None = None, samples: int = 0) -> torch.Tensor | None:
+        """With several processes: what one rank learnt, all learn at this same step, so all stop together
+        and nothing waits for a rank that has left: a stop signal, a non-finite loss, early stopping. At
+        the steps that are logged, `loss` becomes the mean over the whole global batch. One small
+        all-reduce (about 0.15 ms with gloo); nothing at all in one process."""
+        if distributed.world() == 1:
+            return loss
+        logged = loss is not None and self.global_step % self.check_every == 0
+        flags = [float(self._signalled), float(self._diverged is not None), float(self.should_stop)]
+        if logged:
+            flags += [float(loss) * samples, float(samples)]
+        stop, bad, should_stop, *loss_sum_and_count = distributed.all_sum(flags)
+        self._stop_agreed = self._stop_agreed or bool(stop)
+        self.should_stop = bool(should_stop)
+        if bad:
+            raise self._diverged or Diverged("the training loss became non-finite in another process of this run; "
+                                             "lower optimizer.lr, add regularization=[grad_clip], or set trainer.on_nan=skip")
+        if logged:
+            loss_sum, count = loss_sum_and_count
+            return torch.tensor(loss_sum / count)
+        return loss
+
+    def _epoch_train_metrics(self) -> tuple[float, float, int, int]:
+        """The epoch's mean training loss and accuracy, images counted and steps skipped, over every rank.
+        With several processes the sums then stay on rank 0 alone, so that its checkpoint holds the whole
+        epoch's and a resume counts no rank twice."""
+        loss_avg, acc = self.running_train_metrics()
+        if distributed.world() == 1:
+            return loss_avg, acc, self._count, self._skipped_in_epoch
+        loss_sum, correct, count, skipped = distributed.all_sum(
+            [float(self._loss_sum), float(self._correct), float(self._count), float(self._skipped_in_epoch)])
+        self._set_running(loss_sum, int(correct), int(count), int(skipped))
+        if not distributed.is_rank_zero():
+            self._set_running(0.0, 0, 0, 0)
+        if not count:
+            return float("nan"), float("nan"), 0, int(skipped)
+        return loss_sum / count, correct / count, int(count), int(skipped)
+
+    def _set_running(self, loss_sum: float, correct: int, count: int, skipped: int) -> None:
+        self._loss_sum = torch.tensor(loss_sum, dtype=torch.float64)
+        self._correct = torch.tensor(correct, dtype=torch.long)
+        self._count, self._skipped_in_epoch = count, skipped
 
     def running_train_metrics(self) -> tuple[float, float]:
         """Mean loss and accuracy of the epoch's steps so far (nan before any step counted)."""
@@ -242,10 +316,9 @@ class Trainer:
         self.batch_in_epoch = payload["batch_in_epoch"]
         self.last_metrics = payload.get("metrics", {})
         running = payload["running"]
-        self._loss_sum = torch.tensor(running["loss_sum"], dtype=torch.float64)
-        self._correct = torch.tensor(running["correct"], dtype=torch.long)
-        self._count = running["count"]
-        self._skipped_in_epoch = running.get("skipped_in_epoch", 0)
+        self._set_running(running["loss_sum"], running["correct"], running["count"], running.get("skipped_in_epoch", 0))
+        if not distributed.is_rank_zero():  # rank 0's checkpoint holds every rank's sums (_epoch_train_metrics)
+            self._set_running(0.0, 0, 0, 0)
         self.skipped_steps = payload.get("skipped_steps", 0)
         self.callbacks.load_state_dict(payload["callbacks"])
         self.should_stop = payload.get("should_stop", False)
@@ -266,4 +339,6 @@ def evaluate(model, loader, to_device, device, amp_dtype=None, prefix: str = "va
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         count += labels.numel()
-    return {f"{prefix}/loss": loss_sum.item() / max(1, count), f"{prefix}/acc": correct.item() / max(1, count)}
+    # With several processes each evaluated its own share of the split: every image once, none padded.
+    loss_sum, correct, count = distributed.all_sum([loss_sum.item(), correct.item(), count])
+    return {f"{prefix}/loss": loss_sum / max(1, count), f"{prefix}/acc": correct / max(1, count)}

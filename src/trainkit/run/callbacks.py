@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from trainkit.engine import distributed
 from trainkit.engine.callbacks.base import CallbackList
 from trainkit.metrics import resolve_mode
 from trainkit.run.study import trial_of_this_job
@@ -35,6 +36,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
         from trainkit.engine.callbacks.early_stopping import EarlyStopping
 
         callbacks.append(EarlyStopping(**OmegaConf.to_container(stopping, resolve=True)))
+    if not distributed.is_rank_zero():  # with several processes rank 0 alone writes the run folder and the terminal
+        return CallbackList(callbacks)
     if cfg.logger.tensorboard.enabled:
         callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
                                            cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))

@@ -17,8 +17,9 @@ class RunRecord(Callback):
     order, state_key = 60, "run_record"  # last: metrics.json says epoch N once last.pt holds it
 
     def __init__(self, run_dir: Path, monitor: str, mode: str, config_hash: str, overrides: list[str],
-                 started: float | None = None):
+                 started: float | None = None, write: bool = True):
         self.path = Path(run_dir) / "metrics.json"
+        self.write = write  # False in the processes of a DDP run other than rank 0: one process writes the folder
         self.started = time.time() if started is None else started  # wall time counts data loading and set-up too
         self.data = {
             "status": Status.RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
@@ -53,7 +54,8 @@ class RunRecord(Callback):
     def update(self, **fields) -> None:
         self.data.update(fields)
         self.data["wall_time_s"] = round(time.time() - self.started, 3)
-        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
+        if self.write:
+            atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False))
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         best = trainer.best

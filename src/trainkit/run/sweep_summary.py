@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import signal
+import threading
 import math
 import statistics
 from pathlib import Path
@@ -19,6 +21,10 @@ from trainkit.run.record import RunRecord
 from trainkit.status import Status
 
 FAILED_JOBS: list[str] = []  # read by the CLI to choose the exit code of a sweep
+STOPPED: list[str] = []  # the sweep was stopped (Ctrl-C, SIGTERM): read by the CLI, which then exits 130
+# Written into the sweep folder when a sweep whose jobs run in other processes (hydra/launcher=parallel,
+# slurm, slurm_local) is stopped: running jobs save last.pt and end, jobs not yet started do not start.
+STOP_FILE = ".stop"
 
 
 def collect_runs(sweep_dir: Path) -> list[dict]:
@@ -160,10 +166,57 @@ def pm(m: float | None, s: float | None) -> str:
     return "" if m is None else f"{m:.4f} ± {s:.4f}"
 
 
+def jobs_run_elsewhere(launcher_target: str) -> bool:
+    """Hydra's basic launcher runs each job in the sweep's own process; the others (joblib, submitit) do not."""
+    return not str(launcher_target).endswith(".BasicLauncher")
+
+
+def sweep_stop_file() -> Path | None:
+    """The sweep's stop file, for a job that runs outside the sweep's process; None otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra_config = HydraConfig.get()
+    if not jobs_run_elsewhere(hydra_config.launcher._target_):
+        return None
+    return Path(hydra_config.sweep.dir) / STOP_FILE
+
+
+class SweepStop:
+    """The sweep process's first Ctrl-C (or SIGTERM) under a launcher whose jobs run elsewhere: write the stop
+    file and let the launcher wait for its jobs, which save and end, so the summary is still written; a
+    second one stops the sweep process at once. (joblib would otherwise abort on the KeyboardInterrupt and
+    kill its workers before they save; submitit's local controllers are kept out by `trap '' INT`.)"""
+
+    def __init__(self, sweep_dir: Path):
+        self.sweep_dir, self.signals = sweep_dir, 0
+
+    def __call__(self, signum, frame) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            raise KeyboardInterrupt
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / STOP_FILE).write_text(signal.Signals(signum).name + "\n")
+        console.print(f"\n{signal.Signals(signum).name}: the sweep stops: running jobs save last.pt and end, the others do "
+                      "not start (press Ctrl-C again to stop at once)")
+
+
 class SweepSummary(HydraCallback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if jobs_run_elsewhere(config.hydra.launcher._target_) and threading.current_thread() is threading.main_thread():
+            handler = SweepStop(Path(config.hydra.sweep.dir))
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, handler)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         write_summary(sweep_dir)
         FAILED_JOBS.extend(r["job"] for r in collect_runs(sweep_dir) if counts_as_failed(r))
+        stop = sweep_dir / STOP_FILE
+        if stop.exists():
+            STOPPED.append(str(sweep_dir))
+            stop.unlink()

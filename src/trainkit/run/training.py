@@ -47,15 +47,16 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
     from trainkit.config.check import check_config
     from trainkit.run.folder import refuse_used_run_dir
     from trainkit.console import report
-    from trainkit.run.run_lock import RunLock
+    from trainkit.engine import distributed
 
     # One process per run folder: a second resume of a live run is refused. The `trainkit` command
     # usually claimed the folder before Hydra wrote into it; this takes the claim over.
-    with RunLock(run_dir):
+    with run_lock(run_dir):
         check_config(cfg)
-        resume_payload = load_checkpoint(cfg.resume) if cfg.resume else None
+        # Read on rank 0 and sent to the other processes of a DDP run: they need no shared file system.
+        resume_payload = distributed.from_rank_zero(lambda: load_checkpoint(cfg.resume)) if cfg.resume else None
         in_place = continues_run_in(cfg, run_dir)
-        if not in_place:
+        if not in_place and distributed.is_rank_zero():
             refuse_used_run_dir(run_dir)
         origin = run_folder_of(Path(cfg.resume)) if cfg.resume else None
         if origin is not None and not in_place:
@@ -71,6 +72,19 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> float:
             trainer.data.close()
 
 
+def run_lock(run_dir: Path):
+    """The run folder's lock, taken by the process that writes the folder: rank 0 of a DDP run, or
+    nobody here when `trainkit train trainer.devices=N` started this process and holds it itself."""
+    import contextlib
+
+    from trainkit.engine import distributed
+    from trainkit.run.run_lock import RunLock
+
+    if not distributed.is_rank_zero() or distributed.started_by_trainkit():
+        return contextlib.nullcontext()
+    return RunLock(run_dir)
+
+
 def continues_run_in(cfg: DictConfig, run_dir: Path) -> bool:
     """resume= names the last.pt of the run in `run_dir` itself. Any other checkpoint (best.pt, a
     loose .pt) starts a new folder: continuing an older state in place would move the run back."""
@@ -82,8 +96,11 @@ def keep_best_in_new_folder(best: Best, path: Path, payload: dict) -> None:
     they are the best so far (a branch from best.pt), else the best is tracked afresh from here."""
     from trainkit.engine.checkpoints import save_checkpoint
 
+    from trainkit.engine import distributed
+
     if best.epoch is not None and best.epoch == payload["epoch"]:
-        save_checkpoint(path, payload)
+        if distributed.is_rank_zero():
+            save_checkpoint(path, payload)
     else:
         best.forget()
 
@@ -101,6 +118,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.console import report
     from trainkit.components.schedules import build_schedule
     from trainkit.engine.tracking import Best
+    from trainkit.engine import distributed
+    from trainkit.run.sweep_summary import sweep_stop_file
 
     device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg, resuming=resume_payload is not None)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
@@ -111,12 +130,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
 
     best = Best(cfg.trainer.monitor, monitor_mode(cfg))
-    record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started)
+    record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started,
+                       write=distributed.is_rank_zero())
     callbacks = build_callbacks(cfg, run_dir, best, record)
     trainer = Trainer(
         typed(TrainerConfig, cfg.trainer), model=model, optimizer=optimizer, schedule=schedule, criterion=criterion,
         regularizers=regularizers, data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, best=best,
-        stop_request=StopRequest(on_force_exit=record.mark_interrupted), config=OmegaConf.to_container(cfg, resolve=True),
+        stop_request=StopRequest(on_force_exit=record.mark_interrupted, stop_file=sweep_stop_file()),
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
@@ -125,6 +146,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
         report(f"resumed from {cfg.resume}: epoch {trainer.epoch}, step {trainer.global_step}")
 
     report(f"run dir: {run_dir}")
+    if distributed.world() > 1:
+        report(f"DDP: {distributed.world()} processes, {cfg.trainer.batch_size // distributed.world()} images each per "
+               f"global batch of trainer.batch_size={cfg.trainer.batch_size}")
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
     report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
            f"{len(data.splits.test)} test; device={device}, {precision}")
@@ -172,16 +196,19 @@ def build_parts(cfg: DictConfig, resuming: bool = False):
     from trainkit.components.transfer import apply_finetune
     from trainkit.console import report
     from trainkit.data.build import build_data
+    from trainkit.engine import distributed
     from trainkit.engine.devices import resolve_device, resolve_precision
     from trainkit.engine.seeding import seed_everything
 
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
     seed_everything(int(cfg.trainer.seed))
-    data = build_data(cfg, device)
+    data = build_data(cfg, device, distributed.rank(), distributed.world())  # this rank's share of each batch
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
     model = build_model(cfg, data.spec, regularizers.dropout)
     pretrained = None if resuming else load_pretrained(model, cfg.model)
+    if cfg.trainer.sync_bn:
+        model = distributed.sync_batch_norm(model)
     model = model.to(device)
     finetune = apply_finetune(model, **OmegaConf.to_container(cfg.finetune, resolve=True)) if cfg.get("finetune") else None
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization, finetune.lr_scales if finetune else None)
@@ -199,6 +226,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
 
     from trainkit.data.overfit import memorisation_verdict
     from trainkit.console import report, report_results
+    from trainkit.engine import distributed
 
     best = trainer.best
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
@@ -241,7 +269,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         verdict = memorisation_verdict(trainer.last_metrics, images=len(trainer.data.splits.train), epochs=trainer.epoch)
         record.update(overfit_check=verdict.as_record())
         report(str(verdict) if verdict.passed else f"[red]{escape(str(verdict))}[/]")
-    refresh_sweep_summary(run_dir)
+    if distributed.is_rank_zero():
+        refresh_sweep_summary(run_dir)
     return float(best.value) if best.value is not None else float("nan")
 
 
@@ -252,10 +281,13 @@ def resume_command(run_dir: Path) -> str:
 
 def test_best_checkpoint(trainer: Trainer, path: Path, model: nn.Module) -> dict:
     """Evaluate the test set once, with the weights of the best validation epoch."""
+    from trainkit.engine import distributed
     from trainkit.engine.checkpoints import load_checkpoint, load_model_state
 
-    if path.is_file():
-        load_model_state(model, load_checkpoint(path, map_location="cpu")["model"], path)
+    # Rank 0's best.pt, sent to every process of a DDP run (each tests its share of the test set).
+    weights = distributed.from_rank_zero(lambda: load_checkpoint(path, map_location="cpu")["model"] if path.is_file() else None)
+    if weights is not None:
+        load_model_state(model, weights, path)
     return trainer.evaluate(trainer.data.test, "test", trainer.limit_test_batches)
 
 
