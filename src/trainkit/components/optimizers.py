@@ -88,7 +88,7 @@ def build_optimizer(optimizer_cfg, model: nn.Module, regularization) -> torch.op
         groups = [{"params": [p for g in groups for p in g["params"]]}]
     try:
         optimizer = factory(groups)
-    except (ValueError, TypeError) as e:  # torch's own argument checks, e.g. nesterov without momentum
+    except (ValueError, TypeError, RuntimeError) as e:  # torch's own argument checks: nesterov without momentum, fused with foreach
         raise UserError(f"optimizer ({settings.get('_target_')}): {e}") from None
     optimizer.weight_decay_summary = decay.describe(optimizer_class, groups, sum(1 for _ in decayed_parameters(model)))
     return optimizer

@@ -131,6 +131,7 @@ def seed(v) -> bool:
 seed.what = f"a whole number from 0 to {SEED_MAX} (torch's 64-bit seed holds seed x 1000003 + epoch)"
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 # Known keys of the groups that have no _target_, with a rule where a value can be wrong.
 SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {
@@ -140,6 +141,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
         "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
         "overfit_batches": optional(whole(1)), "fast_dev_run": one_of(True, False),
+        "accumulate_grad_batches": whole(1), "channels_last": one_of(True, False), "compile": one_of(True, False),
+        "compile_mode": one_of(*COMPILE_MODES), "cudnn_benchmark": one_of(True, False),
+        "pin_memory": one_of("auto", True, False), "threads": optional(whole(1)),
     },
     "dataset": {
         "name": None, "root": None, "data_dir": None, "download": one_of(True, False),

@@ -34,7 +34,7 @@ class Trainer:
                  callbacks: CallbackList, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
                  limit_train_batches: int | None = None, limit_val_batches: int | None = None,
                  limit_test_batches: int | None = None, stop_request=None, config: dict | None = None,
-                 fast_dev_run: bool = False, best=None):
+                 fast_dev_run: bool = False, best=None, accumulate_grad_batches: int = 1):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.criterion, self.regularizers, self.data = criterion, regularizers, data
         self.device, self.amp_dtype = device, amp_dtype
@@ -43,7 +43,8 @@ class Trainer:
         self.epochs, self.monitor, self.on_nan = epochs_to_run(epochs, fast_dev_run), monitor, on_nan
         self.check_every = max(1, int(log_every_n_steps))
         self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches
-        self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)
+        self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)  # batches, not optimizer steps
+        self.accumulate = int(accumulate_grad_batches)  # batches whose gradients make one optimizer step
         self.stop_request, self.config = stop_request, config or {}
         # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -99,11 +100,10 @@ class Trainer:
         if self.batch_in_epoch >= self.steps_per_epoch:  # resumed after the epoch's last step: validation is left
             loss_avg, acc = self.running_train_metrics()
             return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
-        for images, labels in self.data.train:
-            images, labels = self.data.to_device(images, labels)
-            loss = self.training_step(images, labels)
+        for batches in self.accumulation_windows():
+            loss = self.training_step(batches)
             self.global_step += 1
-            self.batch_in_epoch += 1
+            self.batch_in_epoch += len(batches)
             self.callbacks.on_step_end(self, loss)
             if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
                 break
@@ -114,29 +114,53 @@ class Trainer:
         loss_avg, acc = self.running_train_metrics()
         return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
 
-    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def accumulation_windows(self):
+        """The epoch's remaining batches, trainer.accumulate_grad_batches at a time (one list per
+        optimizer step; the epoch's last list may be shorter). One batch each by default."""
+        window = []
+        for batch in self.data.train:
+            window.append(batch)
+            if len(window) == self.accumulate or self.batch_in_epoch + len(window) >= self.steps_per_epoch:
+                yield window
+                window = []
+        if window:
+            yield window
+
+    def training_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step on the summed gradients of `batches`; returns their mean loss.
+
+        Each batch's loss is weighted by its share of the samples, so k batches of b give the
+        gradient of one batch of k x b (BatchNorm statistics aside: they are per batch)."""
         self.step_lr = float(self.optimizer.param_groups[0]["lr"])  # before the schedule moves it on
-        images, targets = self.regularizers.mix(images, labels)
         if self.uses_closure:
-            return self.closure_step(images, targets, labels)
-        with autocast(self.device, self.amp_dtype):
-            logits = self.model(images)
-            loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
-        if self.on_nan == "skip" and not torch.isfinite(loss):  # a host sync per step, only in this mode
-            self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.step_batch()  # the schedule's clock stays with the step count
-            self.skipped_steps += 1
-            self._skipped_in_epoch += 1
-            return loss.detach()
+            images, labels = self.data.to_device(*batches[0])
+            return self.closure_step(*self.regularizers.mix(images, labels), labels)
+        total = sum(len(labels) for _, labels in batches)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        step_loss = torch.zeros((), device=self.device)
+        for images, labels in batches:
+            images, labels = self.data.to_device(images, labels)
+            images, targets = self.regularizers.mix(images, labels)
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(images)
+                loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
+            if self.on_nan == "skip" and not torch.isfinite(loss):  # a host sync per batch, only in this mode
+                self.optimizer.zero_grad(set_to_none=True)
+                self.schedule.step_batch()  # the schedule's clock stays with the step count
+                self.skipped_steps += 1
+                self._skipped_in_epoch += 1
+                return loss.detach()
+            share = len(labels) / total
+            self.scaler.scale(loss * share if share != 1 else loss).backward()
+            self._accumulate(loss.detach(), logits.detach(), labels)
+            step_loss += loss.detach().float() * share
+        self.last_batch_size = total
         self.scaler.unscale_(self.optimizer)
         self.regularizers.clip_gradients(self.model)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step_batch()
-        self._accumulate(loss.detach(), logits.detach(), labels)
-        return loss.detach()
+        return step_loss
 
     def closure_step(self, images, targets, labels) -> torch.Tensor:
         """L-BFGS evaluates the loss several times per step through a closure."""

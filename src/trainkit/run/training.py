@@ -97,7 +97,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     from trainkit.engine.checkpoints import load_model_state
     from trainkit.config.check import config_hash
     from trainkit.data.build import build_data
-    from trainkit.engine.devices import resolve_device, resolve_precision
+    from trainkit.engine.devices import apply_speed_settings, check_compilable, resolve_device, resolve_precision
     from trainkit.engine.interrupts import StopRequest
     from trainkit.engine.loop import Trainer, steps_per_epoch
     from trainkit.components.optimizers import build_optimizer, needs_closure
@@ -109,18 +109,24 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
 
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    check_compilable(cfg.trainer, device)
+    apply_speed_settings(cfg.trainer, device)
     seed_everything(int(cfg.trainer.seed))
 
     data = build_data(cfg, device)
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
-    model = build_model(cfg, data.spec, regularizers.dropout).to(device)
+    model = build_model(cfg, data.spec, regularizers.dropout).to(device, memory_format=data.memory_format)
+    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening conv, set from the training images
+        model.init_from_data(data.train_sample())
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
     if needs_closure(optimizer) and steps > 1:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
                       f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
-    schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+    optimizer_steps = -(-steps // accumulate)  # per epoch: the schedule's clock counts optimizer steps
+    schedule = build_schedule(cfg.schedule, optimizer, optimizer_steps, int(cfg.trainer.epochs), monitor_mode(cfg))
     weights = data.loss_weights.to(device) if data.loss_weights is not None else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
@@ -134,18 +140,26 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
         limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
         limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
         config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")), best=best,
+        accumulate_grad_batches=accumulate,
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
         trainer.restore(resume_payload)
         record.resume_from(RunRecord.read(run_dir) or {})
         report(f"resumed from {cfg.resume}: epoch {trainer.epoch}, step {trainer.global_step}")
+    if cfg.trainer.get("compile"):
+        # In place (nn.Module.compile): the state_dict keys stay the plain model's, so checkpoints load
+        # into an uncompiled model; compiling happens at the first forward pass.
+        model.compile(mode=None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode)
 
     report(f"run dir: {run_dir}")
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
     report(f"data: {cfg.dataset.name}, {len(data.splits.train)} train / {len(data.splits.val)} val / "
            f"{len(data.splits.test)} test; device={device}, {precision}")
     report(optimizer.weight_decay_summary)
+    speed = speed_summary(cfg.trainer, data)
+    if speed:
+        report(f"speed: {speed}")
     if cfg.trainer.get("overfit_batches"):
         report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
                f"same {len(data.splits.train)} training images every epoch")
@@ -153,6 +167,26 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
         report(f"fast dev run (trainer.fast_dev_run=true): {trainer.epochs} epoch, not the {cfg.trainer.epochs} of trainer.epochs")
     record.update(status=Status.RUNNING, loader=f"{data.loader_kind} ({data.loader_reason})", device=str(device))
     return trainer, record
+
+
+def speed_summary(trainer_cfg, data) -> str:
+    """The speed settings in effect, for the run's log ('' when all are off)."""
+    import torch
+
+    parts = []
+    if trainer_cfg.get("channels_last"):
+        parts.append("channels_last")
+    if trainer_cfg.get("compile"):
+        parts.append(f"torch.compile (mode {trainer_cfg.compile_mode})")
+    if trainer_cfg.get("accumulate_grad_batches", 1) > 1:
+        parts.append(f"{trainer_cfg.accumulate_grad_batches} batches per optimizer step")
+    if torch.backends.cudnn.benchmark:
+        parts.append("cudnn.benchmark")
+    if getattr(getattr(data.train, "loader", None), "pin_memory", False):
+        parts.append("pinned memory")
+    if trainer_cfg.get("threads"):
+        parts.append(f"{torch.get_num_threads()} CPU thread(s)")
+    return ", ".join(parts)
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
