@@ -22,11 +22,15 @@ from torch.nn.utils.parametrize import ParametrizationList
 
 from trainkit.errors import UserError
 from trainkit.components.lookahead import Lookahead
+from trainkit.components.muon import MuonWithAdamW
 from trainkit.components.regularization import decayed_parameters
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # PReLU slopes are not decayed either (He et al. 2015 train them without weight decay).
 NO_DECAY_MODULES = NORM_TYPES + (nn.PReLU,)
+
+
+DECOUPLED = (torch.optim.AdamW, MuonWithAdamW)  # optimizers whose weight_decay is decoupled from the gradient
 
 
 @dataclass
@@ -45,7 +49,7 @@ class WeightDecay:
                     f"on {penalised} weight tensors); the optimizer's own decay is off")
         if not self.rate:
             return f"weight decay: none ({self.source}=0)"
-        form = "decoupled, w <- w - lr * wd * w" if optimizer_class is torch.optim.AdamW else "coupled L2, wd * w added to the gradient"
+        form = "decoupled, w <- w - lr * wd * w" if optimizer_class in DECOUPLED else "coupled L2, wd * w added to the gradient"
         decayed = sum(len(g["params"]) for g in groups if g.get("weight_decay"))
         exempt = sum(len(g["params"]) for g in groups if not g.get("weight_decay"))
         return (f"weight decay: {self.rate:g} ({self.source}; {form}) on {decayed} weight tensors"

@@ -236,6 +236,8 @@ TARGET_RULES: dict[str, dict[str, Any]] = {
 RULES_BY_TARGET: dict[str, dict[str, Any]] = {
     "torch.optim.RMSprop": {"alpha": in_unit_interval_half_open},
     "trainkit.components.lookahead.lookahead": {"alpha": fraction_up_to_one},
+    "trainkit.components.muon.MuonWithAdamW": {"adamw_lr": positive, "adamw_betas": beta_pair, "ns_steps": whole(1),
+                                               "adjust_lr_fn": one_of(None, "original", "match_rms_adamw", "spectral_unclamped")},
 }
 
 REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
