@@ -60,18 +60,20 @@ def test_speed_knobs_reach_the_run_and_the_weights_stay_plain(tmp_path):
     assert plain.features[1][0].weight.is_contiguous()
 
 
-def test_compiled_model_saves_the_plain_models_keys():
-    # nn.Module.compile compiles in place: the state_dict keys carry no `_orig_mod.` prefix.
+def test_compiled_model_saves_the_plain_models_keys(compose_train, tmp_path):
+    # trainkit compiles in place (nn.Module.compile): the model keeps its class and its state_dict keys
+    # carry no `_orig_mod.` prefix (torch.compile(model) would return a wrapper whose keys do).
     from trainkit.components.models import SmallCNN
     from trainkit.components.normalization import Normalization
+    from trainkit.run.training import build_trainer
 
-    torch.manual_seed(0)
-    model = SmallCNN(1, 8, 10, Normalization("batch"), torch.nn.ReLU)
-    plain_keys = list(model.state_dict())
-    model.compile()
-    assert list(model.state_dict()) == plain_keys
-    twin = SmallCNN(1, 8, 10, Normalization("batch"), torch.nn.ReLU)
-    twin.load_state_dict(model.state_dict())
+    trainer, _ = build_trainer(compose_train("trainer.compile=true", "logger.tensorboard.enabled=false"), tmp_path / "run", None)
+    try:
+        assert type(trainer.model) is SmallCNN and trainer.model._compiled_call_impl is not None
+        plain = SmallCNN(1, 8, 10, Normalization("batch"), torch.nn.ReLU)
+        plain.load_state_dict(trainer.model.state_dict())
+    finally:
+        trainer.data.close()
 
 
 @pytest.mark.slow
