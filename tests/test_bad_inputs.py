@@ -24,17 +24,20 @@ CASES = [
     (["optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
     (["-m", "optimizer=sgd,adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
     (["optimizer.lrr=0.1"], "optimizer.lrr=0.1: there is no key 'optimizer.lrr' in the config (did you mean lr?); "
-                            "optimizer takes betas, eps, exclude_bias_and_norm, lr, weight_decay "
+                            "optimizer takes betas, eps, exclude_bias_and_norm, foreach, fused, lr, weight_decay "
                             "(+optimizer.lrr=... adds an argument its _target_ accepts)"),
     (["trainer.epoch=3"], "trainer.epoch=3: there is no key 'trainer.epoch' in the config (did you mean epochs?); trainer "
-                          "takes batch_size, device, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
-                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed"),
+                          "takes accumulate_grad_batches, batch_size, channels_last, compile, compile_mode, cudnn_benchmark, device, "
+                          "epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
+                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, pin_memory, precision, "
+                          "progress, seed, threads"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
                           "optimizer, regularization, logger, paths"),
-    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, epochs, eval_batch_size, "
+    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes accumulate_grad_batches, batch_size, channels_last, "
+                         "compile, compile_mode, cudnn_benchmark, device, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
-                         "on_nan, overfit_batches, precision, progress, seed"),
+                         "on_nan, overfit_batches, pin_memory, precision, progress, seed, threads"),
     (["+optimizer.lrr=3"], "optimizer.lrr=3: unknown key for torch.optim.Adam (did you mean lr?); allowed: amsgrad, betas, "
                            "capturable, decoupled_weight_decay, differentiable, eps, exclude_bias_and_norm, foreach, fused, "
                            "lr, maximize, weight_decay"),
