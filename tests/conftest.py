@@ -31,13 +31,25 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def compose_train():
-    """compose(*overrides) -> the train config, as the CLI composes it (real Hydra)."""
+def compose_config(*overrides: str, checked: bool = False):
+    """The train config for these overrides, as Hydra composes it for the CLI (real Hydra, its
+    schemas included); `checked`: also through the config check the CLI runs before a run.
+    The one way tests compose: plain calls from helpers and module fixtures, or the fixture below."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        yield lambda *overrides: compose(config_name="train", overrides=list(overrides))
+        cfg = compose(config_name="train", overrides=list(overrides))
+    if checked:
+        from trainkit.config.check import check_config
+
+        check_config(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def compose_train():
+    """compose(*overrides) -> the train config, as the CLI composes it (real Hydra)."""
+    return compose_config
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ SRC = Path(__file__).parents[1] / "src"
 # The layers, top (0) to bottom. A module's layer is that of its longest prefix here.
 RANK = {
     "trainkit": 0, "trainkit.__main__": 0, "trainkit.cli": 0,
+    "trainkit.sweep": 0.5, "trainkit.reports": 0.5,  # above run: a search and its report read runs back
     "trainkit.run": 1,
     "trainkit.engine": 2,
     "trainkit.components": 3, "trainkit.data": 3,
@@ -21,8 +22,9 @@ RANK = {
     "trainkit.errors": 5, "trainkit.metrics": 5, "trainkit.status": 5, "trainkit.atomic": 5, "trainkit.console": 5,
     "trainkit.memory": 5,
 }
-NAMES = {0: "cli", 1: "run", 2: "engine", 3: "components/data", 4: "config", 5: "the leaves"}
-APART = {("trainkit.components", "trainkit.data"), ("trainkit.data", "trainkit.components")}  # same layer, no imports
+NAMES = {0: "cli", 0.5: "sweep/reports", 1: "run", 2: "engine", 3: "components/data", 4: "config", 5: "the leaves"}
+APART = {("trainkit.components", "trainkit.data"), ("trainkit.data", "trainkit.components"),
+         ("trainkit.sweep", "trainkit.reports"), ("trainkit.reports", "trainkit.sweep")}  # same layer, no imports
 
 
 def modules(src: Path = SRC) -> dict[str, Path]:

@@ -13,8 +13,8 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
+from conftest import compose_config as config
 from trainkit.data.augmentation import augment, build_pipeline, check_transform
 from trainkit.data.build import build_data, check_pipeline_output
 from trainkit.data.sources import DataSpec
@@ -23,11 +23,6 @@ from trainkit.errors import UserError
 
 PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "augmentation").glob("*.yaml"))
 BATCHED_PRESETS = {"none", "flip", "flip_crop", "cutout"}
-
-
-def config(*overrides: str):
-    with initialize_config_module("trainkit.configs", version_base=None):
-        return compose("train", overrides=list(overrides))
 
 
 def test_all_presets_are_there():

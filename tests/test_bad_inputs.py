@@ -33,7 +33,7 @@ CASES = [
                           "progress, seed, threads"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
-                          "optimizer, regularization, logger, paths"),
+                          "optimizer, regularization, logger, paths, diagnostics"),
     (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes accumulate_grad_batches, batch_size, channels_last, "
                          "compile, compile_mode, cudnn_benchmark, device, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
@@ -61,6 +61,15 @@ CASES = [
     (["paths.output_root=mlp_run/metrics.json"],
      "hydra.run.dir='mlp_run/metrics.json/runs/RUN' is not allowed: WORKDIR/mlp_run/metrics.json is a file, not a folder"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is not allowed: a number > 0"),
+    (["+diagnostics.vanish_ratio=0.1"], "diagnostics.vanish_ratio=0.1: unknown key (did you mean vanishing_ratio?); diagnostics "
+                                        "takes class_imbalance, dead_fraction, diagnosis, exploding_growth, histograms, "
+                                        "initial_loss_tolerance, lr_find, monitor, overfit_gap, sanity, sanity_images, "
+                                        "slow_progress, spike, underfit_acc, update_ratio_high, update_ratio_low, vanishing_ratio"),
+    (["diagnostics.initial_loss_tolerance=-1"], "diagnostics.initial_loss_tolerance=-1.0 is not allowed: a number > 0"),
+    (["diagnostics.overfit_gap=-0.05"], "diagnostics.overfit_gap=-0.05 is not allowed: a number strictly between 0 and 1"),
+    (["diagnostics.lr_find.start_lr=10", "diagnostics.lr_find.end_lr=1e-3"],
+     "diagnostics.lr_find.start_lr=10.0 is not allowed with diagnostics.lr_find.end_lr=0.001: the range test grows the LR, "
+     "so start_lr must be below end_lr (1e-7 and 10 by default)"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed: a number > 0"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed: a number > 0"),
     (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed: a number in [0, 1)"),
@@ -68,7 +77,19 @@ CASES = [
     (["trainer.epochs=ten"], "trainer.epochs='ten' is not allowed: a whole number >= 1"),
     (["trainer.batch_size=0"], "trainer.batch_size=0 is not allowed: a whole number >= 1"),
     (["dataset.val_fraction=1.5"], "dataset.val_fraction=1.5 is not allowed: a number strictly between 0 and 1"),
-    (["dataset.val_fraction=0"], "dataset.val_fraction=0 is not allowed: a number strictly between 0 and 1"),
+    (["dataset.val_fraction=0"], "dataset.val_fraction=0.0 is not allowed: a number strictly between 0 and 1"),
+    # numpy takes a 32-bit split seed: 5e19 once failed as a bad dataset.test_fraction
+    (["dataset.split_seed=5e19"], "dataset.split_seed=5e+19 is not allowed: a whole number from 0 to 4294967295 "
+                                  "(numpy's 32-bit seed)"),
+    (["dataset.split_seed=4294967296"], "dataset.split_seed=4294967296 is not allowed: a whole number from 0 to "
+                                        "4294967295 (numpy's 32-bit seed)"),
+    # a key the dataset's schema lacks (mnist has its own test set)
+    (["dataset=mnist", "+dataset.test_fraction=0.1"],
+     "dataset.test_fraction=0.1: unknown key; dataset takes balanced_sampler, class_names, class_weights, data_dir, "
+     "download, image_size, in_channels, loader, mean, name, num_classes, preprocess, shuffle_labels, split_seed, std, "
+     "val_fraction, workers, zca_epsilon"),
+    (["optimizer=lookahead", "optimizer.k=0"],
+     "optimizer.k=0 is not allowed: a whole number >= 1 (fast steps between slow-weight updates)"),
     (["regularization=[dropout]", "regularization.dropout.p=1.0"], "regularization.dropout.p=1.0 is not allowed: a number in [0, 1)"),
     (["trainer.device=tpu"], "trainer.device='tpu' is not allowed: auto, cpu, cuda, cuda:N or mps"),
     (["trainer.precision=8"], "trainer.precision=8 is not allowed: auto, 32, bf16 or 16"),
@@ -251,6 +272,22 @@ CASES = [
     (["resume=nan.pt", "trainer.epochs=2"],
      "checkpoint nan.pt: its weights hold NaN or Inf (1 tensors, e.g. features.1.weight), so no run can continue from "
      "them; resume from an earlier checkpoint (best.pt is never saved from a diverged epoch) or start a new run"),
+    # Speed knobs (issue 14) and optimizer=muon's own arguments.
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not allowed: a whole number >= 1"),
+    (["trainer.compile_mode=fast"], "trainer.compile_mode='fast' is not allowed: default, reduce-overhead, max-autotune, "
+                                    "max-autotune-no-cudagraphs"),
+    (["trainer.threads=0"], "trainer.threads=0 is not allowed: null or a whole number >= 1"),
+    (["trainer.pin_memory=always"], "trainer.pin_memory='always' is not allowed: auto, true, false"),
+    (["trainer.precision=16"], "trainer.precision='16' is not allowed: fp16 mixed precision needs a CUDA device; use 32, "
+                               "bf16 or auto"),
+    (["optimizer.foreach=true", "optimizer.fused=true"], "optimizer (torch.optim.Adam): `fused` and `foreach` cannot be "
+                                                         "`True` together."),
+    (["optimizer=muon", "optimizer.ns_steps=0"], "optimizer.ns_steps=0 is not allowed: a whole number >= 1"),
+    (["optimizer=muon", "optimizer.adamw_betas=[0.9,1.5]"],
+     "optimizer.adamw_betas=[0.9, 1.5] is not allowed: two numbers in [0, 1): [beta1, beta2], the decay rates of the "
+     "gradient's running mean and square"),
+    (["optimizer=muon", "optimizer.adjust_lr_fn=rms"], "optimizer.adjust_lr_fn='rms' is not allowed: null, original, "
+                                                       "match_rms_adamw, spectral_unclamped"),
 ]
 
 
@@ -326,7 +363,19 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, args, message):
     assert not (workdir / "pwned").exists()
 
 
+def test_compile_without_a_compiler_is_refused_before_the_run(tmp_path):
+    """trainer.compile=true where inductor cannot build kernels (no C++ compiler for the CPU): refused
+    before the run, not minutes in at the first compiled call."""
+    result = run_trainkit("train", "trainer.compile=true", "hydra.run.dir=run", cwd=tmp_path,
+                          env={"CXX": str(tmp_path / "no-such-g++")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == ("error: trainer.compile=true is not allowed here: torch.compile on the CPU needs a C++ compiler, "
+                             f"and {str(tmp_path / 'no-such-g++')!r} ($CXX, else g++) is not found; use trainer.compile=false\n")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_command(tmp_path):
     result = run_trainkit("trian", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "error: trainkit trian: unknown command; the commands are train, preview (trainkit --help)\n"
+    assert result.stderr == ("error: trainkit trian: unknown command; the commands are train, preview, check, lr-find, eval, "
+                             "ensemble, predict, export, runs, compare, report, refine (trainkit --help)\n")

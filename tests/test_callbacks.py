@@ -16,7 +16,9 @@ SRC = Path(__file__).parents[1] / "src" / "trainkit"
 
 
 def test_callbacks_run_in_their_order_with_the_checkpoint_keys_of_before(compose_train, tmp_path):
-    cfg = compose_train("regularization=[early_stopping]")
+    # issue 11's diagnostics callbacks off: the callbacks a checkpoint held before them
+    cfg = compose_train("regularization=[early_stopping]", "diagnostics.sanity=false", "diagnostics.monitor=false",
+                        "diagnostics.diagnosis=false")
     record = RunRecord(tmp_path, "val/acc", "max", "hash", [])
     callbacks = build_callbacks(cfg, tmp_path, Best("val/acc", "max"), record)
     assert [type(cb).__name__ for cb in callbacks] == [

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from conftest import compose_config
 from trainkit.config.check import check_config
 from trainkit.data.sources import DataSpec
 from trainkit.metrics import resolve_mode
@@ -31,15 +31,10 @@ def options():
             yield group, path.stem
 
 
-def compose_with(overrides):
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        return compose(config_name="train", overrides=overrides)
-
-
 @pytest.mark.parametrize("group,option", list(options()), ids=lambda v: str(v))
 def test_option_composes_checks_and_builds(group, option):
     value = f"[{option}]" if group == "regularization" else option
-    cfg = compose_with([f"{group}={value}", *EXTRA.get((group, option), [])])
+    cfg = compose_config(*[f"{group}={value}", *EXTRA.get((group, option), [])])
     OmegaConf.resolve(cfg)
     check_config(cfg)
     spec = DataSpec(in_channels=3, image_size=16, num_classes=4, class_names=list("abcd"),

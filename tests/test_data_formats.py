@@ -9,19 +9,14 @@ import pickle
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
 
+from conftest import compose_config as config
 from trainkit.data.datasets import build_splits
 from trainkit.data.stats import channel_stats
 from trainkit.errors import UserError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-
-
-def config(*overrides: str):
-    with initialize_config_module("trainkit.configs", version_base=None):
-        return compose("train", overrides=list(overrides))
 
 
 @pytest.fixture

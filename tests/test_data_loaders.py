@@ -10,18 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
+from conftest import compose_config as config
 from trainkit.data.build import build_data
 from trainkit.data.sources import ArraySource
 from trainkit.data.loaders import WorkerLoader, default_workers
 
 CPU = torch.device("cpu")
-
-
-def config(*overrides: str):
-    with initialize_config_module("trainkit.configs", version_base=None):
-        return compose("train", overrides=list(overrides))
 
 
 def stamp_process(image, **_):

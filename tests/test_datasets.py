@@ -12,21 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from PIL import Image
 
-from conftest import SHARED_DATA, require_shared
+from conftest import SHARED_DATA, require_shared, compose_config as config
 from trainkit.data.datasets import build_splits
 from trainkit.data.stats import channel_stats
 from trainkit.errors import UserError
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def config(*overrides: str):
-    with initialize_config_module("trainkit.configs", version_base=None):
-        return compose("train", overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -404,3 +398,18 @@ def test_mean_and_std_are_checked_before_the_run(key, value):
     with pytest.raises(UserError, match=rf"^dataset.{key}=.* is not allowed: null or {re.escape(what)}, for pixels scaled "
                                         r"to \[0, 1\]$"):
         check_config(config(f"dataset.{key}={value}"))
+
+
+def test_held_out_splits_keep_the_images_they_held_out_before_hold_out():
+    """data/split.hold_out replaced three hand-written hold-outs: the digits splits (test, then val)
+    hold the same images as before (sha1 of images + labels, recorded with the old code)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"name": "digits", "test_fraction": 0.2, "val_fraction": 0.1, "image_size": 8, "in_channels": 1,
+                            "num_classes": 10, "class_names": [str(i) for i in range(10)], "mean": [0.3], "std": [0.3],
+                            "data_dir": "unused"})
+    splits = build_splits(cfg, 3)
+    digests = [hashlib.sha1(s.images.tobytes() + s.labels.tobytes()).hexdigest()[:12] for s in (splits.train, splits.val, splits.test)]
+    assert digests == ["a0c05ea29549", "866520b28634", "cb9a8a8ee0c1"]

@@ -6,9 +6,9 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 import trainkit.data.build as data_module
+from conftest import compose_config as config
 from trainkit.data.augmentation import augment, build_pipeline
 from trainkit.data.build import build_data
 from trainkit.data.sources import ArraySource
@@ -17,11 +17,6 @@ from trainkit.errors import UserError
 from trainkit.data.loaders import WorkerLoader
 
 CPU = torch.device("cpu")
-
-
-def config(*overrides: str):
-    with initialize_config_module("trainkit.configs", version_base=None):
-        return compose("train", overrides=list(overrides))
 
 
 def compose_of(*transforms) -> A.Compose:

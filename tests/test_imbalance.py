@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from scipy.stats import chisquare
 
+from conftest import compose_config
 from trainkit.data.augmentation import build_pipeline
 from trainkit.data.build import build_data
 from trainkit.data.datasets import load_digits_arrays
@@ -118,15 +118,13 @@ def test_balanced_loader_batches_are_balanced(imbalanced, kind):
 @pytest.mark.parametrize("loader", ["workers", "device"])
 def test_dataset_config_wires_loss_weights_and_the_sampler(loader):
     overrides = ["dataset.class_weights=auto", "dataset.balanced_sampler=true", "dataset.workers=0", f"dataset.loader={loader}"]
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_config(*overrides)
     data = build_data(cfg, torch.device("cpu"))
     assert data.loader_kind == loader
     train_labels = data.splits.train.labels
     counts = np.bincount(train_labels, minlength=C)
     torch.testing.assert_close(data.loss_weights, torch.tensor(len(train_labels) / (C * counts), dtype=torch.float32))
     torch.testing.assert_close(data.train.sampler.weights, data.loss_weights[torch.from_numpy(train_labels)])
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        plain = compose(config_name="train", overrides=["dataset.workers=0"])
+    plain = compose_config("dataset.workers=0")
     plain_data = build_data(plain, torch.device("cpu"))
     assert plain_data.loss_weights is None and plain_data.train.sampler.weights is None

@@ -9,13 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, _WeightNorm
 
-from trainkit.config.check import check_config
+from conftest import compose_config
 from trainkit.data.datasets import load_digits_arrays
 from trainkit.errors import UserError
 from trainkit.components.initialization import KaimingInit, TruncatedNormalInit, XavierInit
@@ -27,10 +26,7 @@ LAYERS = (nn.Conv2d, nn.Linear)
 
 
 def compose_train(*overrides: str):
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    check_config(cfg)
-    return cfg
+    return compose_config(*overrides, checked=True)
 
 
 def build(cfg) -> nn.Module:
@@ -240,3 +236,34 @@ def test_every_activation_composes_instantiates_and_computes_its_formula(name, d
     model = build(cfg)
     assert sum(isinstance(m, cls) for m in model.modules()) == 2
     assert torch.isfinite(model(digits_batch[0])).all()
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_one_decay_rule_for_the_optimizer_and_the_loss_penalty(model_name, norm):
+    """The optimizer's decayed group and the weights the L1/L2 penalty reaches are one set: every
+    conv/linear kernel (weight norm's direction, spectral norm's raw W), and no bias, norm
+    parameter, PReLU slope or weight-norm gain."""
+    from omegaconf import OmegaConf
+
+    from trainkit.components.optimizers import build_optimizer
+    from trainkit.components.regularization import Regularizers
+
+    cfg = compose_train(*model_overrides(model_name), f"norm={norm}", "activation=prelu", "regularization=[l2]")
+    model = build(cfg)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    in_optimizer = {id(p) for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]}
+    Regularizers(OmegaConf.create({"l1": {"weight": 1.0}})).penalty(model).backward()
+    penalised = {id(p) for p in model.parameters() if p.grad is not None}
+    assert in_optimizer == penalised
+    names = {id(p): name for name, p in model.named_parameters()}
+    kernels = {names[id(p)] for p in model.parameters() if id(p) in penalised}
+    assert kernels and all(p.ndim > 1 for p in model.parameters() if id(p) in penalised)
+    for layer in (m for m in model.modules() if isinstance(m, LAYERS)):
+        raw = layer.parametrizations.weight if parametrize.is_parametrized(layer) else None
+        kernel = (raw.original1 if norm == "weight" else raw.original) if raw is not None else layer.weight
+        assert id(kernel) in penalised
+        if norm == "weight":
+            assert id(raw.original0) not in penalised  # the gain g is a per-unit scale
+        if layer.bias is not None:
+            assert id(layer.bias) not in penalised

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from trainkit.cli.preflight import check_resumable
+from trainkit.run.resume import check_resumable
 from trainkit.config.check import config_hash, locate
 from trainkit.config.targets import MOVED_TARGETS, current_target, first_spelling_targets
 from trainkit.errors import UserError

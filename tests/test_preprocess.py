@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from conftest import SHARED_DATA, require_shared
+from conftest import SHARED_DATA, require_shared, compose_config as config
 from trainkit.data.build import build_data
 from trainkit.data.datasets import build_splits
 from trainkit.errors import UserError
 from trainkit.data.preprocess import Preprocess, fit_zca
-
-
-def config(*overrides: str):
-    with initialize_config_module("trainkit.configs", version_base=None):
-        return compose("train", overrides=list(overrides))
 
 
 def as_batch(images: np.ndarray) -> torch.Tensor:

@@ -48,7 +48,7 @@ PREVIEW_CASES = [
     (["n=0"], "n=0 is not allowed: a whole number >= 1"),
     (["+outt=a.png"], "outt='a.png': unknown top-level key (did you mean out?); the config's top level holds task_name, resume, "
                       "dataset, augmentation, model, norm, activation, init, trainer, schedule, optimizer, regularization, "
-                      "logger, paths, out, n"),
+                      "logger, paths, diagnostics, out, n"),
 ]
 
 

@@ -84,10 +84,9 @@ def compose_dataset(words: list[str]):
 
 @functools.lru_cache
 def _composed_dataset(picks: tuple[str, ...]):
-    from hydra import compose, initialize_config_module
+    from conftest import compose_config
 
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        return compose(config_name="train", overrides=list(picks)).dataset
+    return compose_config(*picks).dataset
 
 
 def skip_reason(command: Command) -> str | None:
@@ -109,6 +108,9 @@ def skip_reason(command: Command) -> str | None:
 
         if not torch.cuda.is_available():
             return "needs a GPU"
+    if words[1:2] in (["refine"], ["report"], ["compare"]) and any("outputs/sweeps/20" in w or "outputs/runs/20" in w
+                                                                   for w in words):
+        return "names a sweep or run folder of the README's author"
     resume = next((w.split("=", 1)[1] for w in words if w.startswith("resume=")), "auto")
     if resume != "auto" and "outputs/runs/20" in resume:
         return f"resume={resume} names a run folder of the README's author"
@@ -132,7 +134,7 @@ def as_run(command: Command) -> str:
         return command.text
     if not any(w.startswith("debug=") for w in words):  # a command's own debug overlay stays (the last one wins)
         words.append("debug=fast")
-    if "hparams_search=optuna" in words:
+    if any(w.startswith("hparams_search=") for w in words):
         words.append("hydra.sweeper.n_trials=2")
     return shlex.join(words)  # without the README's trailing comment
 

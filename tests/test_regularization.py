@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
 
+from conftest import compose_config as compose_train
 from trainkit.data.datasets import load_digits_arrays
 from trainkit.engine.callbacks.early_stopping import EarlyStopping
 from trainkit.errors import UserError
@@ -22,11 +22,6 @@ from trainkit.components.normalization import Normalization
 from trainkit.components.optimizers import build_optimizer
 from trainkit.components.regularization import Regularizers
 from trainkit.engine.seeding import capture_rng_states, restore_rng_states
-
-
-def compose_train(*overrides: str):
-    with initialize_config_module(config_module="trainkit.configs", version_base=None):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 def regs(num_classes: int | None = None, **nodes) -> Regularizers:

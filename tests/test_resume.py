@@ -194,12 +194,12 @@ def test_resume_auto_skips_a_run_another_process_holds(tmp_path):
 def test_ctrl_c_stops_the_whole_sweep(tmp_path):
     proc = start(tmp_path, "train", "-m", "trainer.seed=1,2,3", "trainer.epochs=100", "schedule=constant",
                  "hydra.sweep.dir=sweep")
-    wait_for(tmp_path / "sweep" / "0", lambda r: r["epochs_run"] >= 1, proc)
+    wait_for(tmp_path / "sweep" / "0_trainer.seed=1", lambda r: r["epochs_run"] >= 1, proc)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, out
     assert "the sweep stops here" in out
-    assert not (tmp_path / "sweep" / "1").exists()  # the jobs after it never started
+    assert not list((tmp_path / "sweep").glob("1_*"))  # the jobs after it never started
     rows = (tmp_path / "sweep" / "summary.csv").read_text().splitlines()
     assert len(rows) == 2 and ",interrupted," in rows[1]
 

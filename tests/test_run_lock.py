@@ -172,7 +172,7 @@ def test_of_two_sweeps_started_at_once_into_one_folder_the_loser_writes_nothing(
     assert re.fullmatch(REFUSALS, outputs[1 - winner][1]), outputs[1 - winner]
     lr = ("0.001", "0.002")[winner]
     assert f"optimizer.lr={lr}" in yaml.safe_load((tmp_path / "shared" / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
-    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["0", "multirun.yaml", "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["0", "multirun.yaml", "report.html", "summary.csv"]
     assert f"optimizer.lr={lr}" in yaml.safe_load((tmp_path / "shared" / "0" / ".hydra" / "overrides.yaml").read_text())
 
 

@@ -107,7 +107,7 @@ def test_help_lists_groups_and_options(tmp_path):
 
 
 @pytest.mark.parametrize("line,offered", [
-    ("trainkit ", "train preview"),
+    ("trainkit ", "train preview check lr-find"),
     ("trainkit train optimizer=ad", "optimizer=adagrad optimizer=adam optimizer=adamw"),
     ("trainkit train trainer.ep", "trainer.epochs="),
     ("trainkit preview ou", "out="),
@@ -340,7 +340,7 @@ def test_a_broken_option_of_ones_own_is_blamed_on_its_group(tmp_path, group, opt
 
 
 def test_the_largest_allowed_seed_is_the_loaders_real_limit():
-    from trainkit.config.check import SEED_MAX
+    from trainkit.config.rules import SEED_MAX
     from trainkit.data.loaders import epoch_generator
 
     epoch_generator(SEED_MAX, 10**6)  # a million epochs still fit torch's 64-bit seed

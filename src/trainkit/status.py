@@ -10,6 +10,7 @@ class Status(str, Enum):
 
     RUNNING = "running"
     COMPLETED = "completed"
+    PRUNED = "pruned"  # a search's pruner stopped the trial early: a result (best.pt kept), not a failure
     INTERRUPTED = "interrupted"
     DIVERGED = "diverged"
     CRASHED = "crashed"  # the loop raised: the fit ended without a result (metrics.json then says failed)

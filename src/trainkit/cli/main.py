@@ -20,16 +20,40 @@ commands:
   train     train a classifier from the composed config (a Hydra app: -m for sweeps,
             --cfg job to print the config, --help to list the groups and options)
   preview   write a PNG grid of augmented training images, without training
+  check     the lectures' sanity sequence on the composed config: initial loss, overfit a
+            tiny subset, regularization, LR range test, one timed epoch (a table of verdicts)
+  lr-find   the LR range test (Smith 2017): suggests optimizer.lr, writes lr_find.png/.csv
+  eval      measure a trained run on a split: per-class accuracy, confusion, calibration, TTA
+  ensemble  average the softmax of several runs (or a sweep's best, or one run's snapshots)
+  predict   top-k classes of image files with a run's model and preprocessing
+  export    write a run's model as TorchScript or ONNX, loadable without trainkit
+  runs      list past runs and sweeps, newest first: trainkit runs [outputs_dir]
+  compare   the config differences and metrics of runs side by side: trainkit compare RUN RUN...
+  report    a sweep's report.html (written at the end of every sweep): trainkit report SWEEP_DIR
+  refine    the fine stage's search space from a finished search: trainkit refine SWEEP_DIR [--top K] [--shrink F]
 
 examples:
   trainkit train
   trainkit train optimizer=adamw schedule=cosine 'regularization=[l2,dropout]'
   trainkit train -m optimizer=sgd,adam schedule=cosine,step
   trainkit preview dataset=cifar10 augmentation=flip_crop out=grid.png
+  trainkit check model=mlp
+  trainkit lr-find optimizer=sgd
+  trainkit eval outputs/runs/<run> tta=ten_crop
+  trainkit predict outputs/runs/<run> cat.png dog.png
+  trainkit train -m hparams_search=lr_wd_coarse        # a search, with pruning and a report
 """
 
 APPS = {"train": "trainkit.cli.train", "preview": "trainkit.cli.preview"}
+# Commands that are not Hydra apps: they compose the config once, here, and write into a folder of their own.
+TOOLS = {"check": "trainkit.cli.check", "lr-find": "trainkit.cli.lr_find"}
 ROOT_CONFIGS = {"train": "train", "preview": "preview"}
+# Subcommands on finished runs: each module's main(argv) reads its own arguments.
+COMMANDS = {"eval": "trainkit.cli.eval", "ensemble": "trainkit.cli.ensemble", "predict": "trainkit.cli.predict",
+            "export": "trainkit.cli.export",
+            # ... and on what runs and sweeps wrote
+            "runs": "trainkit.cli.runs", "compare": "trainkit.cli.compare", "report": "trainkit.cli.report",
+            "refine": "trainkit.cli.refine"}
 # Hydra flags that print help or completions: Hydra answers them, there is nothing to check.
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--shell-completion", "-sc", "--version")
 # Hydra flags that print the composed config instead of running: it is checked, but nothing is built.
@@ -55,8 +79,13 @@ def main(argv: list[str] | None = None) -> None:
             return
         argv = [command, *argv]
     command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        run_tool(command, rest)
+        return
+    if command in COMMANDS:
+        return run_command(command, rest)
     if command not in APPS:
-        fail(f"trainkit {command}: unknown command; the commands are {', '.join(APPS)} (trainkit --help)")
+        fail(f"trainkit {command}: unknown command; the commands are {', '.join([*APPS, *TOOLS, *COMMANDS])} (trainkit --help)")
     try:
         rest = prepare(command, rest)
     except UserError as e:
@@ -75,6 +104,50 @@ def main(argv: list[str] | None = None) -> None:
         failed = summary.FAILED_JOBS
         print(f"error: {len(failed)} sweep job(s) did not complete: {', '.join(failed)} (see summary.csv)", file=sys.stderr)
         raise SystemExit(1)
+
+
+def run_tool(command: str, args: list[str]) -> None:
+    """`trainkit check` / `trainkit lr-find`: the overrides composed and checked as for `train`, then the tool."""
+    from trainkit.cli import preflight
+    from trainkit.errors import user_error_in
+
+    if any(a in ("-h", "--help") for a in args):
+        doc = __import__(TOOLS[command], fromlist=["main"]).__doc__
+        print(f"usage: trainkit {command} [overrides] [--config-dir DIR] [--config-name NAME]\n\n{doc.strip()}")
+        return
+    try:
+        parsed, options, overrides = hydra_arguments(args)
+        extra, takes_value = [], False
+        for option in options:
+            if not takes_value and option.split("=")[0] not in ("--config-dir", "-cd", "--config-name", "-cn"):
+                extra.append(option)
+            takes_value = not takes_value and option in ("--config-dir", "-cd", "--config-name", "-cn")
+        if extra or parsed.multirun:
+            raise UserError(f"trainkit {command} takes overrides, --config-dir and --config-name; "
+                            f"{(extra or ['-m'])[0]} is not allowed (it runs once, on one config)")
+        sources = preflight.ConfigSources(dirs=(config_dir(parsed.config_dir),) if parsed.config_dir else (),
+                                          name=parsed.config_name or "train")
+        cfg = preflight.compose_checked(overrides, sources).cfg
+        __import__(TOOLS[command], fromlist=["main"]).main(cfg, overrides, sources)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:
+        user_error = user_error_in(e)
+        if user_error is None:
+            raise
+        fail(str(user_error))
+
+
+def run_command(command: str, args: list[str]) -> None:
+    """A subcommand of COMMANDS: a user error is one line and exit code 2."""
+    try:
+        __import__(COMMANDS[command], fromlist=["main"]).main(args)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def keep_standard_streams_open() -> None:
@@ -107,7 +180,7 @@ def command_being_completed() -> str | None:
     words = line.split(" ")
     if len(words) <= 2:  # `trainkit <TAB>` or `trainkit tr<TAB>`
         typed = words[1] if len(words) == 2 else ""
-        print(" ".join(c for c in APPS if c.startswith(typed)))
+        print(" ".join(c for c in [*APPS, *TOOLS] if c.startswith(typed)))
         return None
     command = words[1]
     if command not in APPS:
@@ -207,7 +280,7 @@ def claim_named_folder(overrides: list[str], multirun: bool, composed) -> None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     if any(o.split("=", 1)[0].lstrip("+") == key for o in overrides):
         folder = composed.sweep_dir if multirun else composed.run_dir
-        claim(folder, lambda: (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder))
+        claim(folder, lambda: refuse_used_sweep_dir(folder, composed.sweeper) if multirun else refuse_used_run_dir(folder))
 
 
 def config_dir(path: str) -> str:
@@ -239,8 +312,8 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     into a new folder with that run's settings, a branch, so a run never moves backwards."""
     from trainkit.cli import preflight
     from trainkit.engine.checkpoints import load_checkpoint
-    from trainkit.run.resume import (continues_in_place, original_config_dirs, original_config_name, original_overrides,
-                                 refuse_unresumable, resolve_resume_target)
+    from trainkit.run.resume import (check_resumable, continues_in_place, original_config_dirs, original_config_name,
+                                     original_overrides, refuse_unresumable, resolve_resume_target)
     from trainkit.run.run_lock import claim
     from trainkit.cli.trust import FolderSettings, check_folder_settings
 
@@ -268,13 +341,13 @@ def prepare_resume(resume: str, overrides: list[str], options: list[str], source
     composed = preflight.compose_checked(overrides, sources)
     if not in_place:  # a new run folder, as for a new run
         preflight.check_output_folder(composed, overrides)
-    preflight.check_resumable(composed.cfg, payload, checkpoint, in_place)
+    check_resumable(composed.cfg, payload, checkpoint, in_place)
     written = checkpoint.stat().st_mtime_ns
 
     def still_resumable() -> None:
         """Under the lock: the checkpoint checked above is still the one the run will load."""
         if checkpoint.stat().st_mtime_ns != written:
-            preflight.check_resumable(composed.cfg, load_checkpoint(checkpoint), checkpoint, in_place)
+            check_resumable(composed.cfg, load_checkpoint(checkpoint), checkpoint, in_place)
 
     if in_place:
         claim(run_dir, still_resumable)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,17 +16,16 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, ConfigTypeError, MissingMandatoryValue,
+                              OmegaConfBaseException, ValidationError)
 
 from trainkit.cli.hydra_bridge import hydra_for
-from trainkit.config.check import check_config, did_you_mean, missing_key
-from trainkit.config.targets import current_targets
+from trainkit.config.check import check_config, missing_key
+from trainkit.config.rules import describe, did_you_mean, rule_of
 from trainkit.errors import UserError, allowed, user_error_in
 from trainkit.memory import refuse_beyond_memory
 from trainkit.metrics import resolve_mode
 from trainkit.run.folder import refuse_unwritable, refuse_used_run_dir, refuse_used_sweep_dir
-from trainkit.run.record import RunRecord
-from trainkit.status import Status
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class Composed:
     run_dir: Path  # where a single run would write
     sweep_dir: Path  # where a sweep would write
     sweep_params: dict  # hydra.sweeper.params from the config (an experiment's sweep)
+    sweeper: DictConfig | None = None  # hydra.sweeper: a trainkit_optuna search may continue in a used folder
 
 
 COMPOSE_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException, OmegaConfBaseException)
@@ -60,21 +60,12 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
     GlobalHydra.instance().clear()
     try:
         hydra = hydra_for(sources)
-
-        def composed(with_overrides: list[str]) -> DictConfig:
-            return hydra.compose_config(sources.name, with_overrides, run_mode=RunMode.RUN, from_shell=True)
-
         try:
-            cfg = composed(overrides)
+            cfg = hydra.compose_config(sources.name, overrides, run_mode=RunMode.RUN, from_shell=True)
         except yaml.YAMLError as e:
             raise UserError(yaml_error(e)) from None
         except COMPOSE_ERRORS as e:
-            def keys_of(parent: str, key: str) -> list[str]:
-                """The keys of `parent` in the config composed without the override of `key`."""
-                node = OmegaConf.select(composed([o for o in overrides if o.split("=")[0].lstrip("+~") != key]), parent)
-                return list(node) if isinstance(node, DictConfig) else []
-
-            raise UserError(one_line(e, overrides, group_options, keys_of)) from None
+            raise UserError(one_line(e, overrides, group_options)) from None
         refuse_non_mapping_options(cfg, sources)
         refuse_deleting_required(overrides, cfg, sources.root_keys)
     finally:
@@ -92,7 +83,7 @@ def compose_checked(overrides: list[str], sources: ConfigSources = ConfigSources
         check_buildable(job_cfg)
     check_sweep_direction(cfg)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.get("params") else {}
-    return Composed(job_cfg, run_dir, sweep_dir, params or {})
+    return Composed(job_cfg, run_dir, sweep_dir, params or {}, cfg.hydra.sweeper)
 
 
 def refuse_non_mapping_options(cfg: DictConfig, sources: ConfigSources) -> None:
@@ -154,13 +145,14 @@ def unresolvable_key(node, path: str = "") -> str | None:
 
 def check_buildable(cfg: DictConfig) -> None:
     """Build the cheap parts once (norm, activation, init, the model where the dataset config
-    gives its sizes, the schedule), so that a value only their constructors can judge
+    gives its sizes, the optimizer, the schedule), so that a value only their constructors can judge
     (model.hidden=[0], schedule.gamma=0) fails now, before a run folder or a data load.
     Each part is built and used on its own first, so that a failure names its own group."""
     import torch
 
     from trainkit.components.schedules import WARMUP_KEYS, build_schedule
     from trainkit.components.assembly import build_network
+    from trainkit.components.optimizers import build_optimizer
 
     built = {group: building(group, lambda: instantiate(cfg[group]), cfg) for group in ("norm", "activation", "init")}
     building("activation", lambda: built["activation"](), cfg)  # what the model does for each layer
@@ -176,6 +168,8 @@ def check_buildable(cfg: DictConfig) -> None:
         model = building("init", lambda: built["init"](network), cfg)
         # A forward pass too: torch modules take any argument and fail only when called.
         building("model", lambda: model(images), cfg)
+    # The optimizer on a one-weight model: its own checks (lookahead's k and alpha, torch's) run now.
+    building("optimizer", lambda: build_optimizer(cfg.optimizer, torch.nn.Linear(1, 1), cfg.regularization), cfg)
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=1.0)  # the schedule's own checks need only an optimizer to hold
     # Without its warmup: whether a warmup of N steps fits depends on the real steps per epoch.
@@ -185,7 +179,7 @@ def check_buildable(cfg: DictConfig) -> None:
              cfg)
 
 
-BUILT_GROUPS = ("activation", "norm", "init", "model", "schedule")
+BUILT_GROUPS = ("activation", "norm", "init", "model", "optimizer", "schedule")
 
 
 def building(group: str, build, cfg: DictConfig):
@@ -217,113 +211,6 @@ def check_sweep_direction(cfg: DictConfig) -> None:
     if isinstance(direction, str) and wanted and direction != wanted:
         raise UserError(f"hydra.sweeper.direction={direction} is not allowed with trainer.mode={mode} "
                         f"(monitoring {cfg.trainer.monitor}): use hydra.sweeper.direction={wanted}")
-
-
-# What a resumed run must share with the run it continues: anything else changes the training
-# it is meant to continue (and optimizer or schedule state would not fit the new objects).
-SAME_ON_RESUME = ("model", "norm", "activation", "init", "optimizer", "schedule", "regularization", "augmentation",
-                  "dataset.name", "dataset.root", "dataset.val_fraction", "dataset.test_fraction", "dataset.preprocess",
-                  "dataset.class_weights", "dataset.balanced_sampler", "dataset.split_seed", "dataset.resize",
-                  "trainer.batch_size", "trainer.seed",
-                  "trainer.limit_train_batches", "trainer.overfit_batches", "trainer.monitor", "trainer.mode")
-# Schedules planned for the run's whole length: extending trainer.epochs would replan them mid-run.
-LENGTH_PLANNED_SCHEDULES = ("trainkit.components.schedules.cosine", "trainkit.components.schedules.linear", "trainkit.components.schedules.onecycle")
-
-
-def check_resumable(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: bool = True) -> None:
-    """The checkpoint can continue this config: same training setup, something left to train, finite
-    weights that fit the model, and, in place, not older than the run it continues."""
-    refuse_non_finite(payload, checkpoint)
-    old = OmegaConf.create(current_targets(payload.get("config") or {}))  # a checkpoint from before a module moved
-    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key in SAME_ON_RESUME:
-        was, now = plain(OmegaConf.select(old, key)), plain(OmegaConf.select(new, key))
-        if was is not None and was != now:
-            where, was_leaf, now_leaf = first_difference(key, was, now)
-            raise UserError(f"{where}={now_leaf!r} is not allowed on resume: the run in {checkpoint} was trained with "
-                            f"{where}={was_leaf!r}, and a resumed run continues the same training; start a new run to change it")
-    refuse_finished(cfg, payload, checkpoint, in_place)
-    old_epochs = OmegaConf.select(old, "trainer.epochs")
-    if old_epochs is not None and old_epochs != cfg.trainer.epochs and cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
-        raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run was planned for {old_epochs} "
-                        f"epochs and its schedule ({cfg.schedule._target_.rsplit('.', 1)[1]}) follows that length; "
-                        "start a new run, or use a schedule without a planned length (e.g. step, plateau) to extend runs")
-    if in_place:
-        refuse_moving_back(payload, checkpoint)
-    check_model_fits(cfg, payload, checkpoint)
-
-
-def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: bool = True) -> None:
-    """Resuming a run that has nothing left to train would only test it again; a new folder from
-    such a checkpoint would be a "completed" run with no checkpoint in it."""
-    done = int(payload["epoch"])
-    if payload.get("should_stop"):
-        raise UserError(f"resume={checkpoint} is not allowed: that run was stopped early after epoch {done} "
-                        "(regularization.early_stopping); start a new run to train further")
-    if done > cfg.trainer.epochs:
-        raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run in {checkpoint} "
-                        f"has already trained {done} epochs")
-    if done < cfg.trainer.epochs:
-        return
-    if in_place:  # a run killed after its last epoch, before its test, is finished by a resume
-        if (RunRecord.read(checkpoint.parent.parent) or {}).get("status") == Status.COMPLETED:
-            raise UserError(f"resume={checkpoint} is not allowed: that run completed its {done} epochs, so nothing is "
-                            "left to resume (a larger trainer.epochs extends a run whose schedule has no planned length)")
-        return
-    schedule = str(cfg.schedule.get("_target_", "")).rsplit(".", 1)[-1]
-    if cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
-        how = f"its schedule ({schedule}) is planned for that length, so it cannot be extended: start a new run"
-    else:
-        how = f"raise trainer.epochs (e.g. trainer.epochs={done + 10}) to train it further"
-    raise UserError(f"resume={checkpoint} is not allowed: it has trained all {done} epochs (trainer.epochs="
-                    f"{cfg.trainer.epochs}), so a new run from it would have nothing to train; {how}")
-
-
-def refuse_non_finite(payload: dict, checkpoint: Path) -> None:
-    """Weights holding NaN or Inf cannot train on, and would be tested and reported as a result."""
-    import torch
-
-    bad = [k for k, t in payload["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise UserError(f"checkpoint {checkpoint}: its weights hold NaN or Inf ({len(bad)} tensors, e.g. "
-                        f"{', '.join(bad[:3])}), so no run can continue from them; resume from an earlier checkpoint "
-                        "(best.pt is never saved from a diverged epoch) or start a new run")
-
-
-def refuse_moving_back(payload: dict, checkpoint: Path) -> None:
-    """A run continued in place never goes back: its last.pt must hold the newest epoch it reached."""
-    reached = (RunRecord.read(checkpoint.parent.parent) or {}).get("epochs_run") or 0
-    if isinstance(reached, int) and reached > int(payload["epoch"]):
-        raise UserError(f"resume={checkpoint} is not allowed: it holds epoch {payload['epoch']} but the run reached epoch "
-                        f"{reached} (metrics.json), so continuing it in place would move the run back; put the run's own "
-                        "last.pt back, or copy this file out of the run folder to start a new run from it")
-
-
-def plain(value):
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def first_difference(key: str, was, now) -> tuple[str, object, object]:
-    """The first leaf where two config values differ: (its key, old value, new value)."""
-    if isinstance(was, dict) and isinstance(now, dict):
-        for k in [*was, *(k for k in now if k not in was)]:
-            if was.get(k) != now.get(k):
-                return first_difference(f"{key}.{k}", was.get(k), now.get(k))
-    return key, was, now
-
-
-def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
-    """Build the configured model and load the checkpoint's weights into it, before any file is written."""
-    from trainkit.engine.checkpoints import load_model_state
-    from trainkit.data.sources import DataSpec
-    from trainkit.components.regularization import Regularizers
-    from trainkit.components.assembly import build_model
-
-    if "data_spec" not in payload:
-        return
-    spec = DataSpec(**payload["data_spec"])
-    dropout = Regularizers(cfg.regularization, num_classes=spec.num_classes).dropout
-    load_model_state(build_model(cfg, spec, dropout), payload["model"], checkpoint)
 
 
 def check_all(overrides: list[str], multirun: bool, sources: ConfigSources = ConfigSources(),
@@ -362,7 +249,10 @@ def check_output_folder(composed: Composed, overrides: list[str], multirun: bool
     (or sweep's), and one that can be made."""
     key, folder = ("hydra.sweep.dir", composed.sweep_dir) if multirun else ("hydra.run.dir", composed.run_dir)
     refuse_bad_output_folder(key, folder, composed.cfg, overrides)
-    (refuse_used_sweep_dir if multirun else refuse_used_run_dir)(folder)
+    if multirun:
+        refuse_used_sweep_dir(folder, composed.sweeper)
+    else:
+        refuse_used_run_dir(folder)
     refuse_unwritable(key, folder)
 
 
@@ -485,12 +375,20 @@ def group_options(group: str) -> list[str]:
         return []
 
 
-def one_line(e: Exception, overrides: list[str], options_of=lambda group: [], keys_of=lambda parent, key: []) -> str:
+def keyed_cause(e: BaseException) -> BaseException | None:
+    """The OmegaConf error behind Hydra's, which carries the key (full_key, key, value)."""
+    while e is not None:
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            return e
+        e = e.__cause__
+    return None
+
+
+def one_line(e: Exception, overrides: list[str], options_of=lambda group: []) -> str:
     """Hydra's multi-line errors, shortened to what the user needs: the key, the value, the choices."""
     text = str(e)
     if isinstance(e, MissingMandatoryValue):
-        key = re.search(r"full_key: (\S+)", text)
-        key = key.group(1) if key else "?"
+        key = e.full_key or "?"
         return f"{key} is required: set it on the command line ({key}=...) or in your config"
     if isinstance(e, MissingConfigException) or re.search(r"Could not (find|load) '", text):
         # 'find' for a plain option (Hydra lists the choices), 'load' for one inside a list: regularization=[l2,dropot]
@@ -504,17 +402,20 @@ def one_line(e: Exception, overrides: list[str], options_of=lambda group: [], ke
         if primary:
             return f"--config-name={primary.group(1)} is not allowed: there is no {primary.group(1)}.yaml in trainkit's configs or --config-dir"
         return f"{missing}: no such config"
-    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
-    if m:
-        key = m.group(1)
-        given = next((o for o in overrides if o.split("=")[0].lstrip("+~") == key), key)
-        full = re.search(r"full_key: (\S+)", text)
-        full_key = full.group(1) if full else key
+    cause = keyed_cause(e)
+    if isinstance(cause, ValidationError) and is_dataclass(cause.object_type):
+        # a value of the wrong type for a schema field: the field's rule says what is allowed
+        check = rule_of(cause.object_type, cause.key)
+        return str(allowed(cause.full_key, cause.value, describe(check) if check else str(cause).splitlines()[0]))
+    if isinstance(cause, ConfigTypeError) and is_dataclass(cause.object_type) and f"~{cause.full_key}" in overrides:
+        return (f"~{cause.full_key} is not allowed: every run reads {cause.full_key}; set its value instead "
+                f"({cause.full_key}=...)")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+        full_key = cause.full_key
+        given = next((o for o in overrides if o.split("=")[0].lstrip("+~") == full_key), full_key)
         parent, _, leaf = full_key.rpartition(".")
-        try:
-            siblings = keys_of(parent, key) if parent else []
-        except Exception:  # the message is still useful without them
-            siblings = []
+        node = cause.parent_node
+        siblings = list(node) if isinstance(node, DictConfig) and parent else []
         message = f"{given}: there is no key '{full_key}' in the config{did_you_mean(leaf, siblings)}"
         if siblings:
             message += f"; {parent} takes {', '.join(sorted(s for s in siblings if not s.startswith('_')))}"

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from trainkit.errors import USER_ERROR_EXIT_CODE, UserError, allowed
+from trainkit.config.rules import require, rule_of
+from trainkit.config.schema import PreviewConfig, RootConfig
+from trainkit.errors import USER_ERROR_EXIT_CODE, UserError
 
 # The top-level keys preview.yaml adds to train.yaml's.
-OWN_ROOT_KEYS = ("out", "n")
+TRAIN_KEYS = {f.name for f in dataclasses.fields(RootConfig)}  # callbacks included: train's optional key
+OWN_ROOT_KEYS = tuple(f.name for f in dataclasses.fields(PreviewConfig) if f.name not in TRAIN_KEYS)
 
 
 def check_preview(cfg: DictConfig) -> None:
     """preview's own keys: a number of images, and a PNG path whose folder can be made."""
     from trainkit.run.folder import refuse_unwritable
 
-    if not isinstance(cfg.n, int) or isinstance(cfg.n, bool) or cfg.n < 1:
-        raise allowed("n", cfg.n, "a whole number >= 1")
+    require(rule_of(PreviewConfig, "n"), "n", cfg.n)
     out = Path(str(cfg.out))
     refuse_unwritable("out", out.parent, value=str(cfg.out))
 

@@ -15,8 +15,11 @@ from omegaconf import DictConfig
 from trainkit.atomic import StorageError
 from trainkit.errors import USER_ERROR_EXIT_CODE, user_error_in
 from trainkit.run.folder import remove_if_empty_run
+from trainkit.run.job_names import register as register_job_folder_resolver
 from trainkit.run.training import (INTERRUPTED_EXIT_CODE, RunEnded, continues_run_in, crashed, mark_failed, run,
                                    stop_sweep, storage_failed)
+
+register_job_folder_resolver()  # hydra.sweep.subdir's ${job_folder:...}; joblib workers import this module too
 
 
 @hydra.main(version_base=None, config_path="pkg://trainkit.configs", config_name="train")

@@ -48,7 +48,7 @@ def check_folder_settings(folder: FolderSettings, user_overrides: list[str], ove
 
     `overrides` and `sources` are what the resume composes with (the folder's and the user's);
     `user_overrides` and `user_sources` are the user's own (trainkit's configs are always trusted)."""
-    from trainkit.cli.preflight import first_difference
+    from trainkit.run.resume import first_difference
 
     refuse_hydra_overrides(folder, user_overrides)
     composed = compose_raw(overrides, sources)

@@ -18,6 +18,10 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from trainkit.config.rules import beta_pair, one_of, positive, require, whole
+
+ADJUST_LR_FNS = (None, "original", "match_rms_adamw", "spectral_unclamped")  # torch.optim.Muon's adjust_lr_fn
+
 
 def matrix_order(weight: torch.Tensor) -> tuple[int, ...]:
     """The dimension order in which `weight`'s storage is contiguous: (0, 1, 2, 3) for NCHW,
@@ -40,6 +44,11 @@ class MuonWithAdamW(Optimizer):
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  weight_decay: float = 0.1, adjust_lr_fn: str | None = None, adamw_lr: float = 1e-3,
                  adamw_betas=(0.9, 0.95), adamw_eps: float = 1e-8):
+        # lr, momentum and weight_decay have the rules of every optimizer's (config/check.py: TARGET_RULES).
+        require(whole(1), "optimizer.ns_steps", ns_steps)
+        require(one_of(*ADJUST_LR_FNS), "optimizer.adjust_lr_fn", adjust_lr_fn)
+        require(positive, "optimizer.adamw_lr", adamw_lr)
+        require(beta_pair, "optimizer.adamw_betas", adamw_betas)
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]

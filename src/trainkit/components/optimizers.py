@@ -6,7 +6,8 @@ partial: Hydra instantiates it as a nested partial, and the wrapper's target
 
 Weight decay is set in one place, here, as timm does: the optimizer's own `weight_decay`
 (or `regularization.l2` with coupling=optimizer in its stead) goes to a group of the
-conv/linear weights, and biases and normalization weights get a second group without decay.
+weights (the rule of components/weight_decay.py, which the loss penalties share), and biases,
+normalization weights, PReLU slopes and weight norm's gains get a second group without decay.
 """
 
 from __future__ import annotations
@@ -18,17 +19,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
-from torch.nn.utils.parametrize import ParametrizationList
 
 from trainkit.errors import UserError
 from trainkit.components.lookahead import Lookahead
 from trainkit.components.muon import MuonWithAdamW
-from trainkit.components.regularization import decayed_parameters
-
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-# PReLU slopes are not decayed either (He et al. 2015 train them without weight decay).
-NO_DECAY_MODULES = NORM_TYPES + (nn.PReLU,)
-
+from trainkit.components.weight_decay import decayed_parameters, split_by_decay
 
 DECOUPLED = (torch.optim.AdamW, MuonWithAdamW)  # optimizers whose weight_decay is decoupled from the gradient
 
@@ -56,24 +51,13 @@ class WeightDecay:
                 + (f", {exempt} bias/norm tensors exempt" if exempt else ""))
 
 
-def is_weight_norm_gain(module: nn.Module, name: str) -> bool:
-    """Weight norm's g (w = g v / ||v||) is a per-unit scale, like a normalization weight."""
-    from torch.nn.utils.parametrizations import _WeightNorm
-
-    return isinstance(module, ParametrizationList) and name == "original0" and any(isinstance(p, _WeightNorm) for p in module)
-
-
 def parameter_groups(model: nn.Module, decay: WeightDecay) -> list[dict]:
     """One group with the decay, and (when excluding) one without it for biases and norm weights."""
     if not decay.rate:
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
-    decayed, exempt = [], []
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            no_decay = name == "bias" or isinstance(module, NO_DECAY_MODULES) or is_weight_norm_gain(module, name)
-            (exempt if decay.exclude_bias_and_norm and no_decay else decayed).append(p)
+    decayed, exempt = split_by_decay(model)  # components/weight_decay.py: the rule the loss penalties use too
+    if not decay.exclude_bias_and_norm:
+        decayed, exempt = decayed + exempt, []
     groups = [{"params": decayed, "weight_decay": decay.rate}]
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0})

@@ -9,25 +9,13 @@ them). Early stopping is a loop callback: trainkit.engine.callbacks.early_stoppi
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from trainkit.components.weight_decay import decayed_parameters
+from trainkit.config.rules import validated
+from trainkit.config.schema import REGULARIZATION
 from trainkit.errors import allowed
-
-# The knobs of each regularization/<name>.yaml; a misspelt knob fails before training starts.
-KNOBS = {
-    "l2": {"weight_decay", "coupling"},
-    "l1": {"weight"},
-    "elastic_net": {"l1", "beta"},
-    "dropout": {"p"},
-    "label_smoothing": {"epsilon"},
-    "mixup": {"alpha"},
-    "cutmix": {"alpha", "switch_prob"},
-    "early_stopping": {"monitor", "mode", "patience", "min_delta"},
-    "grad_clip": {"by", "max_norm", "norm_type", "value"},
-}
 
 
 class Regularizers:
@@ -38,35 +26,25 @@ class Regularizers:
 
     def __init__(self, cfg, num_classes: int | None = None):
         self.cfg = cfg or {}
-        for name, node in self.cfg.items():
-            if name not in KNOBS:
-                raise allowed("regularization", name, ", ".join(KNOBS))
-            unknown = set(node or {}) - KNOBS[name]
-            if unknown:
-                raise allowed(f"regularization.{name}", sorted(unknown), f"the knobs are {', '.join(sorted(KNOBS[name]))}")
+        for name, node in self.cfg.items():  # the rules of config/schema.py, for nodes not composed by Hydra
+            if name not in REGULARIZATION:
+                raise allowed("regularization", name, ", ".join(REGULARIZATION))
+            validated(REGULARIZATION[name], node or {}, f"regularization.{name}")
         self.num_classes = num_classes
 
-        dropout = self.cfg.get("dropout")
-        self.dropout = _number(dropout.p, "regularization.dropout.p", 0.0, 1.0, hi_open=True) if dropout else 0.0
-        smoothing = self.cfg.get("label_smoothing")
-        self.label_smoothing = (_number(smoothing.epsilon, "regularization.label_smoothing.epsilon", 0.0, 1.0, hi_open=True)
-                                if smoothing else 0.0)
-
+        dropout, smoothing = self.cfg.get("dropout"), self.cfg.get("label_smoothing")
+        self.dropout = float(dropout.p) if dropout else 0.0
+        self.label_smoothing = float(smoothing.epsilon) if smoothing else 0.0
         l2 = self.cfg.get("l2")
-        if l2 is not None and l2.coupling not in ("optimizer", "loss"):
-            raise allowed("regularization.l2.coupling", l2.coupling, "optimizer or loss")
         self.l2_in_loss = float(l2.weight_decay) if l2 is not None and l2.coupling == "loss" else 0.0
-        l1 = self.cfg.get("l1")
-        self.l1 = _number(l1.weight, "regularization.l1.weight", 0.0) if l1 else 0.0
-        enet = self.cfg.get("elastic_net")
-        self.elastic_l1 = _number(enet.l1, "regularization.elastic_net.l1", 0.0) if enet else 0.0
-        self.elastic_beta = _number(enet.beta, "regularization.elastic_net.beta", 0.0) if enet else 0.0
+        l1, enet = self.cfg.get("l1"), self.cfg.get("elastic_net")
+        self.l1 = float(l1.weight) if l1 else 0.0
+        self.elastic_l1, self.elastic_beta = (float(enet.l1), float(enet.beta)) if enet else (0.0, 0.0)
 
-        self.mixup_alpha = self._mix_alpha("mixup")
-        self.cutmix_alpha = self._mix_alpha("cutmix")
-        cutmix = self.cfg.get("cutmix")
-        self.switch_prob = (_number(cutmix.get("switch_prob", 0.5), "regularization.cutmix.switch_prob", 0.0, 1.0)
-                            if cutmix else 0.0)
+        mixup, cutmix = self.cfg.get("mixup"), self.cfg.get("cutmix")
+        self.mixup_alpha = float(mixup.alpha) if mixup else 0.0
+        self.cutmix_alpha = float(cutmix.alpha) if cutmix else 0.0
+        self.switch_prob = float(cutmix.get("switch_prob", 0.5)) if cutmix else 0.0
         if (self.mixup_alpha or self.cutmix_alpha) and not num_classes:
             raise ValueError("mixup/cutmix build soft targets: pass Regularizers(cfg, num_classes=...)")
         self.batch_mix = None  # torchvision's MixUp or CutMix, or a RandomChoice of the two
@@ -84,8 +62,9 @@ class Regularizers:
 
     # -- loss penalty ---------------------------------------------------------------------------
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
-        """L2 (coupling: loss), L1 and elastic net on conv/linear weights (own code: torch has
-        no penalty terms; it only has L2 as an optimizer's weight_decay)."""
+        """L2 (coupling: loss), L1 and elastic net on the weights the optimizer would decay
+        (components/weight_decay.py); own code: torch has no penalty terms, only L2 as an
+        optimizer's weight_decay."""
         l2 = self.l2_in_loss + self.elastic_beta  # both use the lambda/2 * sum(w^2) form
         l1 = self.l1 + self.elastic_l1
         if not (l1 or l2):
@@ -115,15 +94,6 @@ class Regularizers:
             return images, labels
         return self.batch_mix(images, labels)
 
-    def _mix_alpha(self, name: str) -> float:
-        node = self.cfg.get(name)
-        if not node:
-            return 0.0
-        alpha = float(node.alpha)
-        if not alpha > 0:
-            raise allowed(f"regularization.{name}.alpha", node.alpha, "a number > 0 (Beta(alpha, alpha) draws the mixing weight)")
-        return alpha
-
     # -- gradient clipping -------------------------------------------------------------------------
     def clip_gradients(self, model: nn.Module) -> None:
         """torch's clip_grad_norm_ / clip_grad_value_, when grad_clip is selected."""
@@ -143,30 +113,5 @@ class Regularizers:
         by = node.get("by", "norm")
         if by == "norm":
             # norm_type inf (the largest |g|) comes as a float from the command line and as 'inf' from YAML.
-            norm_type = _number(node.get("norm_type", 2.0), "regularization.grad_clip.norm_type", 0.0, positive=True)
-            return by, _number(node.max_norm, "regularization.grad_clip.max_norm", 0.0, positive=True), norm_type
-        if by == "value":
-            return by, _number(node.value, "regularization.grad_clip.value", 0.0, positive=True), None
-        raise allowed("regularization.grad_clip.by", by, "norm or value")
-
-
-def decayed_parameters(model: nn.Module):
-    """Weights of conv and linear layers: the parameters a weight penalty applies to (not
-    biases, normalization weights or PReLU slopes). With weight/spectral norm this is the
-    effective weight the layer uses."""
-    for module in model.modules():
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-            yield module.weight
-
-
-def _number(value, key: str, lo: float, hi: float | None = None, hi_open: bool = False, positive: bool = False) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise allowed(key, value, "a number") from None
-    if math.isnan(x) or x < lo or (positive and x <= lo) or (hi is not None and (x >= hi if hi_open else x > hi)):
-        bounds = f"> {lo}" if positive else f">= {lo}"
-        if hi is not None:
-            bounds += f" and {'<' if hi_open else '<='} {hi}"
-        raise allowed(key, value, f"a number {bounds}")
-    return x
+            return by, float(node.max_norm), float(node.get("norm_type", 2.0))
+        return by, float(node.value), None

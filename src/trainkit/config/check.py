@@ -1,169 +1,43 @@
 """Reject a bad config before training starts: unknown keys, wrong types, values out of range.
 
-Hydra already refuses command-line overrides of keys that do not exist; this check also
-covers keys written in YAML files (a user's own config folder), types and ranges. Each
-problem is one line naming the key, the value and what is allowed.
+The plain groups (trainer, dataset, logger, paths, augmentation, each regularization entry and
+the top level) have their schema in config/schema.py, each field with its rule; Hydra already
+refuses a wrong type or an unknown key there while composing, and `check_config` applies the
+rules (and refuses keys added with `+`, which Hydra lets through). The groups with a `_target_`
+are checked against their target's signature here; their values are checked by their own
+constructors, which the pre-run check calls (cli/preflight.py: check_buildable). Only the torch
+optimizers' arguments, whose classes trainkit does not own, have their rules here (TARGET_RULES).
+Rules that relate several keys follow. Each problem is one line naming the key, the value and
+what is allowed.
+
+A new plain key or group: see config/schema.py. A new `_target_` group: add it to TARGET_GROUPS
+(its keys are then checked against its target's signature) and to BUILT_GROUPS in
+cli/preflight.py with a line in check_buildable that builds it, so its constructor's checks run
+before the run.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import hashlib
 import importlib
 import inspect
 import json
-import math
-import re
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
+from trainkit.config.rules import (beta_pair, describe, did_you_mean, in_unit_interval_half_open, non_negative, positive,
+                                   shown, validated, widths)
+from trainkit.config.schema import CALLBACKS, REGULARIZATION, ROOT_KEYS, SCHEMAS, schema_of
 from trainkit.errors import UserError, allowed
-from trainkit.metrics import MODES, MONITORABLE, natural_mode
+from trainkit.metrics import MONITORABLE, natural_mode
 
+# Top-level keys a config may leave out (one written before they existed).
+OPTIONAL_ROOT_KEYS = ("callbacks",)
 
-def positive(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
-
-
-def norm_order(v) -> bool:
-    """A p-norm's p: a number > 0, or inf (a float from the command line, the string 'inf' in YAML)."""
-    return v == "inf" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and not math.isnan(v))
-
-
-norm_order.what = "a number > 0, or inf (the largest element)"
-
-
-def whole_at_least(n):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= n
-
-
-def fraction_open(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
-
-
-def in_unit_interval_half_open(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
-
-
-def probability(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-
-
-probability.what = "a number in [0, 1]"
-
-
-def non_negative(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v)
-
-
-def one_of(*choices):
-    check = lambda v: any(v == c and type(v) is type(c) for c in choices)  # noqa: E731  (1 is not True)
-    check.what = ", ".join(map(as_yaml, choices))
-    return check
-
-
-def as_yaml(value) -> str:
-    """A choice as the user writes it: true, false, null."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    return str(value)
-
-
-def optional(check):
-    wrapped = lambda v: v is None or check(v)  # noqa: E731
-    wrapped.what = f"null or {describe(check)}"
-    return wrapped
-
-
-def describe(check) -> str:
-    return getattr(check, "what", None) or {
-        positive: "a number > 0", fraction_open: "a number strictly between 0 and 1",
-        in_unit_interval_half_open: "a number in [0, 1)", non_negative: "a number >= 0",
-    }.get(check, "see the YAML comments")
-
-
-def device_name(v) -> bool:
-    return isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None
-
-
-device_name.what = "auto, cpu, cuda, cuda:N or mps"
-
-
-def precision(v) -> bool:
-    return str(v) in ("auto", "32", "bf16", "16")
-
-
-precision.what = "auto, 32, bf16 or 16"
-
-
-def whole(n):
-    check = whole_at_least(n)
-    check.what = f"a whole number >= {n}"
-    return check
-
-
-def pixel_means(v) -> bool:
-    return per_channel(v) and all(0 <= x <= 1 for x in v)
-
-
-def pixel_stds(v) -> bool:  # a zero std divides by zero: the run would only diverge later
-    return per_channel(v) and all(0 < x <= 1 for x in v)
-
-
-def per_channel(v) -> bool:
-    return isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-
-
-pixel_means.what = "one number in [0, 1] per channel, for pixels scaled to [0, 1]"
-pixel_stds.what = "one number in (0, 1] per channel, for pixels scaled to [0, 1]"
-# The loaders seed each epoch's torch generator with seed * 1_000_003 + epoch (loaders.epoch_generator),
-# and torch takes seeds below 2**64: the largest seed that leaves room for a million epochs.
-SEED_MAX = (2**64 - 1 - 10**6) // 1_000_003
-
-
-def seed(v) -> bool:
-    return whole_at_least(0)(v) and v <= SEED_MAX
-
-
-seed.what = f"a whole number from 0 to {SEED_MAX} (torch's 64-bit seed holds seed x 1000003 + epoch)"
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
-# Known keys of the groups that have no _target_, with a rule where a value can be wrong.
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "trainer": {
-        "epochs": whole(1), "batch_size": whole(1), "eval_batch_size": whole(1), "device": device_name,
-        "precision": precision, "seed": seed,
-        "monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "on_nan": one_of("stop", "skip"),
-        "log_every_n_steps": whole(1), "limit_train_batches": optional(whole(1)),
-        "limit_val_batches": optional(whole(1)), "limit_test_batches": optional(whole(1)), "progress": one_of("auto", True, False),
-        "overfit_batches": optional(whole(1)), "fast_dev_run": one_of(True, False),
-        "accumulate_grad_batches": whole(1), "channels_last": one_of(True, False), "compile": one_of(True, False),
-        "compile_mode": one_of(*COMPILE_MODES), "cudnn_benchmark": one_of(True, False),
-        "pin_memory": one_of("auto", True, False), "threads": optional(whole(1)),
-    },
-    "dataset": {
-        "name": None, "root": None, "data_dir": None, "download": one_of(True, False),
-        "val_fraction": fraction_open, "test_fraction": fraction_open, "in_channels": optional(one_of(1, 3)),
-        "image_size": optional(whole(1)), "num_classes": optional(whole(2)), "class_names": None,
-        "mean": optional(pixel_means), "std": optional(pixel_stds), "preprocess": one_of("standardize", "center", "none", "zca"),
-        "loader": one_of("auto", "device", "workers"), "workers": None,
-        "class_weights": one_of(None, "auto"), "balanced_sampler": one_of(True, False), "cache_dir": None,
-        "zca_epsilon": positive, "resize": one_of("center_crop", "stretch"), "split_seed": whole(0),
-    },
-    "augmentation": {"train": None, "eval": None},
-    "logger": {"tensorboard": None},
-    "logger.tensorboard": {"enabled": one_of(True, False), "image_grid": whole(0)},
-    "paths": {"data_dir": None, "output_root": None, "cache_dir": None},
-}
-# The top level of train.yaml: its groups and its own two keys.
-ROOT_KEYS = ("task_name", "resume", "dataset", "augmentation", "model", "norm", "activation", "init", "trainer",
-             "schedule", "optimizer", "regularization", "logger", "paths")
 # Nodes whose every key the run reads (a dataset's keys depend on the dataset).
-FULLY_READ = ("trainer", "logger.tensorboard", "paths")
+FULLY_READ = ("trainer", "logger.tensorboard", "paths", "diagnostics", "diagnostics.lr_find")
 
 
 def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | None:
@@ -178,7 +52,7 @@ def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | N
         if isinstance(node, DictConfig) and leaf not in node:
             return path
         node = OmegaConf.select(cfg, path)
-        for key in SCHEMAS[path] if isinstance(node, DictConfig) else ():
+        for key in fields_of(path) if isinstance(node, DictConfig) else ():
             if key not in node:
                 return f"{path}.{key}"
     for group in TARGET_GROUPS:
@@ -188,70 +62,24 @@ def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | N
     return None
 
 
-def shown(node: DictConfig, key: str) -> str:
-    """The value at node[key] for a message: its repr, cut short; an unresolvable one as written."""
-    try:
-        value = node.get(key)
-        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    except OmegaConfBaseException:
-        value = "?"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def did_you_mean(key: str, choices) -> str:
-    """' (did you mean epochs?)' for a near miss, else ''."""
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def widths(v) -> bool:
-    return OmegaConf.is_list(v) and all(whole_at_least(1)(w) for w in v)
-
-
-widths.what = "a list of whole numbers >= 1 (one width per layer)"
-
-
-def fraction_up_to_one(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
-
-
-fraction_up_to_one.what = "a number in (0, 1]"
-
-
-def beta_pair(v) -> bool:
-    return OmegaConf.is_list(v) and len(v) == 2 and all(in_unit_interval_half_open(b) for b in v)
-
-
-beta_pair.what = "two numbers in [0, 1): [beta1, beta2], the decay rates of the gradient's running mean and square"
-
-# Range rules for keys inside _target_ nodes (their key names come from the target's signature).
+# Our rules for arguments of torch's optimizers (torch's own checks come later and say less).
+# trainkit's own targets (lookahead's k and alpha, norm.num_groups, model.depth) check their
+# arguments in their constructors, which the pre-run check calls.
 TARGET_RULES: dict[str, dict[str, Any]] = {
-    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative, "k": whole(1),
-                  "betas": beta_pair},
-    "model": {"depth": whole(1), "width": whole(1), "hidden": widths, "channels": widths},
-    "norm": {"num_groups": whole(1)},
+    "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative, "betas": beta_pair},
+    "model": {"hidden": widths, "channels": widths},
 }
-# Rules for a key whose meaning depends on the target: RMSprop's alpha is a decay rate, Lookahead's a step size.
-RULES_BY_TARGET: dict[str, dict[str, Any]] = {
-    "torch.optim.RMSprop": {"alpha": in_unit_interval_half_open},
-    "trainkit.components.lookahead.lookahead": {"alpha": fraction_up_to_one},
-    "trainkit.components.muon.MuonWithAdamW": {"adamw_lr": positive, "adamw_betas": beta_pair, "ns_steps": whole(1),
-                                               "adjust_lr_fn": one_of(None, "original", "match_rms_adamw", "spectral_unclamped")},
-}
+# Rules for a key whose meaning depends on the target: RMSprop's alpha is a decay rate.
+RULES_BY_TARGET: dict[str, dict[str, Any]] = {"torch.optim.RMSprop": {"alpha": in_unit_interval_half_open}}
 
-REGULARIZATION_RULES: dict[str, dict[str, Any]] = {
-    "dropout": {"p": in_unit_interval_half_open},
-    "l2": {"weight_decay": non_negative, "coupling": one_of("optimizer", "loss")},
-    "label_smoothing": {"epsilon": in_unit_interval_half_open},
-    "l1": {"weight": non_negative},
-    "elastic_net": {"l1": non_negative, "beta": non_negative},
-    "mixup": {"alpha": positive},
-    "cutmix": {"alpha": positive, "switch_prob": probability},
-    "early_stopping": {"monitor": one_of(*MONITORABLE), "mode": one_of(*MODES), "patience": whole(1),
-                       "min_delta": non_negative},
-    "grad_clip": {"by": one_of("norm", "value"), "max_norm": positive, "value": positive, "norm_type": norm_order},
-}
+
+def fields_of(path: str) -> list[str]:
+    """The keys of a plain group's schema (logger.tensorboard: of its nested schema)."""
+    group, _, inner = path.partition(".")
+    schema = SCHEMAS[group]
+    for name in filter(None, inner.split(".")):
+        schema = next(f.metadata["schema"] for f in dataclasses.fields(schema) if f.name == name)
+    return [f.name for f in dataclasses.fields(schema)]
 
 
 def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signatures: bool = True) -> None:
@@ -264,35 +92,32 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
     if missing is not None:
         raise UserError(f"{missing} is required: set it on the command line ({missing}=...) or in your config")
     for key in cfg:
-        if key not in ROOT_KEYS and key not in own_root_keys:
+        if key not in ROOT_KEYS and key not in own_root_keys and key not in OPTIONAL_ROOT_KEYS:
             raise UserError(f"{key}={shown(cfg, key)}: unknown top-level key{did_you_mean(key, ROOT_KEYS + own_root_keys)}; the "
                             f"config's top level holds {', '.join(ROOT_KEYS + own_root_keys)}")
-    for group, schema in SCHEMAS.items():
-        node = OmegaConf.select(cfg, group)
-        if not isinstance(node, DictConfig):
-            continue
-        for key in node:
-            if key not in schema:
-                raise UserError(f"{group}.{key}={shown(node, key)}: unknown key{did_you_mean(key, schema)}; "
-                                f"{group} takes {', '.join(sorted(schema))}")
-            rule = schema[key]
-            value = node.get(key)
-            if rule is not None and not rule(value):
-                raise allowed(f"{group}.{key}", value, describe(rule))
+    for group in SCHEMAS:
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            validated(schema_of(node, group), node, group)
     for group in TARGET_GROUPS:
         node = cfg.get(group)
         if isinstance(node, DictConfig):
             check_target_values(group, node, TARGET_RULES.get(group, {}))
     for name, node in (cfg.get("regularization") or {}).items():
-        rules = REGULARIZATION_RULES.get(name, {})
-        if not isinstance(node, DictConfig):
-            continue
-        for key, rule in rules.items():
-            if key in node and not rule(node[key]):
-                raise allowed(f"regularization.{name}.{key}", node[key], describe(rule))
+        if name not in REGULARIZATION:
+            raise allowed("regularization", name, ", ".join(REGULARIZATION))
+        if isinstance(node, DictConfig):
+            validated(REGULARIZATION[name], node, f"regularization.{name}")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if name not in CALLBACKS:
+            raise allowed("callbacks", name, ", ".join(CALLBACKS))
+        if isinstance(node, DictConfig):
+            validated(CALLBACKS[name], node, f"callbacks.{name}")
+    check_snapshots_have_cycles(cfg)
     check_mode_fits_monitor(cfg)
     check_warmup_ends_before_the_run(cfg)
     check_lbfgs_is_noise_free(cfg)
+    check_lr_range(cfg)
     dataset = cfg.get("dataset") or {}
     check_channel_stats(dataset)
     if dataset.get("balanced_sampler") and dataset.get("class_weights") == "auto":
@@ -300,6 +125,19 @@ def check_config(cfg: DictConfig, own_root_keys: tuple[str, ...] = (), signature
                         "(rare classes would then outweigh common ones); choose one of them")
     if signatures:
         check_target_signatures(cfg)
+
+
+def check_lr_range(cfg: DictConfig) -> None:
+    """The LR range test sweeps upwards: start below end, and a low threshold below the high one."""
+    lr_find = OmegaConf.select(cfg, "diagnostics.lr_find")
+    if isinstance(lr_find, DictConfig) and not lr_find.start_lr < lr_find.end_lr:
+        raise UserError(f"diagnostics.lr_find.start_lr={lr_find.start_lr} is not allowed with "
+                        f"diagnostics.lr_find.end_lr={lr_find.end_lr}: the range test grows the LR, so start_lr must be "
+                        "below end_lr (1e-7 and 10 by default)")
+    node = cfg.get("diagnostics")
+    if isinstance(node, DictConfig) and not node.update_ratio_low < node.update_ratio_high:
+        raise UserError(f"diagnostics.update_ratio_low={node.update_ratio_low} is not allowed with "
+                        f"diagnostics.update_ratio_high={node.update_ratio_high}: low must be below high")
 
 
 TARGET_GROUPS = ("optimizer", "schedule", "model", "norm", "activation", "init")
@@ -329,6 +167,16 @@ def check_channel_stats(dataset) -> None:
         if values is not None and isinstance(channels, int) and len(values) != channels:
             raise allowed(f"dataset.{key}", values,
                           f"{channels} value{'s' * (channels > 1)}, one per channel (dataset.in_channels={channels})")
+
+
+def check_snapshots_have_cycles(cfg: DictConfig) -> None:
+    """callbacks=[snapshots] without every_n_epochs saves at the restarts of cosine_restarts: there must be some."""
+    snapshots = (cfg.get("callbacks") or {}).get("snapshots")
+    target = str((cfg.get("schedule") or {}).get("_target_", ""))
+    if snapshots is not None and snapshots.get("every_n_epochs") is None and not target.endswith(".cosine_restarts"):
+        raise UserError("callbacks.snapshots.every_n_epochs=null saves a snapshot at the end of each cosine_restarts "
+                        "cycle, and this run's schedule has no restarts: add schedule=cosine_restarts, or set "
+                        "callbacks.snapshots.every_n_epochs=N")
 
 
 def check_warmup_ends_before_the_run(cfg: DictConfig) -> None:
@@ -476,6 +324,8 @@ def config_hash(cfg: DictConfig) -> str:
     container = first_spelling_targets(OmegaConf.to_container(cfg, resolve=True))
     for key in HASH_IGNORED:
         container.pop(key, None)
+    if not container.get("callbacks"):  # no callbacks picked: the hash of a config written before the group existed
+        container.pop("callbacks", None)
     container.get("trainer", {}).pop("progress", None)
     for key in HASH_IGNORED_DATASET:
         container.get("dataset", {}).pop(key, None)

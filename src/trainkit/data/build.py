@@ -8,16 +8,17 @@ import numpy as np
 import torch
 
 from trainkit.data.augmentation import augment, build_pipeline
-from trainkit.data.datasets import build_splits
+from trainkit.data.datasets import build_splits, shuffle_train_labels
 from trainkit.data.sources import DataSpec, Splits
 from trainkit.data.device_loader import BATCHED, DeviceLoader, NotBatchable, batched_ops
-from trainkit.errors import UserError, allowed
+from trainkit.config.rules import require, rule_of
+from trainkit.config.schema import DatasetConfig
+from trainkit.errors import UserError
 from trainkit.data.loaders import WorkerLoader, class_weights, default_workers
 from trainkit.memory import available_memory, format_bytes
 from trainkit.data.overfit import fixed_subset
 from trainkit.data.preprocess import Preprocess
 
-LOADER_CHOICES = ("auto", "device", "workers")
 DEVICE_MEMORY_SHARE = 0.5  # the resident dataset may take at most this share of free memory; the rest is for the model
 
 
@@ -86,11 +87,8 @@ def check_pipeline_output(pipeline, image: np.ndarray, spec: DataSpec, key: str)
 
 
 def resolve_workers(value) -> int:
-    if value == "auto":
-        return default_workers()
-    if isinstance(value, int) and value >= 0:
-        return value
-    raise allowed("dataset.workers", value, "auto or a whole number >= 0")
+    require(rule_of(DatasetConfig, "workers"), "dataset.workers", value)
+    return default_workers() if value == "auto" else value
 
 
 def free_memory(device: torch.device) -> int:
@@ -103,8 +101,7 @@ def free_memory(device: torch.device) -> int:
 
 def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, device: torch.device):
     """(kind, reason, train ops, eval ops): which path feeds the loop, and why."""
-    if kind not in LOADER_CHOICES:
-        raise allowed("dataset.loader", kind, ", ".join(LOADER_CHOICES))
+    require(rule_of(DatasetConfig, "loader"), "dataset.loader", kind)
     if kind == "workers":
         return "workers", "dataset.loader=workers", None, None
     shape = splits.train.images.shape
@@ -134,6 +131,8 @@ def choose_loader(kind: str, splits: Splits, train_pipeline, eval_pipeline, devi
 def build_data(cfg, device: torch.device) -> Data:
     seed = int(cfg.trainer.seed)  # the data order and the augmentation draws
     splits = build_splits(cfg.dataset, int(cfg.dataset.get("split_seed", 0)))  # which images are held out
+    if cfg.dataset.get("shuffle_labels"):
+        splits = shuffle_train_labels(splits, seed)
     if cfg.trainer.get("overfit_batches"):  # debug=overfit: the same few images every epoch
         splits = fixed_subset(splits, int(cfg.trainer.overfit_batches), int(cfg.trainer.batch_size), seed)
     spec = splits.spec
@@ -152,7 +151,7 @@ def build_data(cfg, device: torch.device) -> Data:
         val = DeviceLoader(splits.val, eval_ops, eval_batch, seed, train=False, device=device)
         test = DeviceLoader(splits.test, eval_ops, eval_batch, seed, train=False, device=device)
     else:
-        pin = pinned_memory(cfg.trainer.get("pin_memory", "auto"), device)
+        pin = pinned_memory(cfg.trainer.pin_memory, device)
         train = WorkerLoader(splits.train, train_pipeline, batch, seed, train=True,
                              workers=workers, pin_memory=pin, weights=sampler_weights)
         # An empty eval pipeline is only a tensor conversion: not worth worker processes.
@@ -167,7 +166,7 @@ def build_data(cfg, device: torch.device) -> Data:
     preprocess = Preprocess(cfg.dataset.preprocess, spec.mean, spec.std,
                             train_images=splits.train.images if cfg.dataset.preprocess == "zca" else None,
                             zca_epsilon=float(cfg.dataset.get("zca_epsilon", 1e-2))).to(device)
-    memory_format = torch.channels_last if cfg.trainer.get("channels_last") else torch.contiguous_format
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     return Data(spec, splits, train, val, test, preprocess, device, kind, reason, train_pipeline, loss_weights, memory_format)
 
 
@@ -177,8 +176,5 @@ def pinned_memory(setting, device: torch.device) -> bool:
 
 
 def _loss_weights(setting, weights: torch.Tensor) -> torch.Tensor | None:
-    if setting in (None, False, "none"):
-        return None
-    if setting == "auto":
-        return weights
-    raise allowed("dataset.class_weights", setting, "null or auto (inverse class frequency)")
+    require(rule_of(DatasetConfig, "class_weights"), "dataset.class_weights", setting)
+    return weights if setting == "auto" else None

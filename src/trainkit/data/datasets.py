@@ -9,7 +9,7 @@ import numpy as np
 
 from trainkit.errors import UserError, allowed
 from trainkit.data.sources import ArraySource, DataSpec, Splits
-from trainkit.data.split import stratified_split
+from trainkit.data.split import hold_out
 from trainkit.data.stats import cached_channel_stats, channel_stats, stats_key
 
 
@@ -166,9 +166,9 @@ def build_splits(cfg, seed: int) -> Splits:
     """Train/val/test sources for the dataset config; val is held out of train, seeded."""
     name = cfg.name
     if name == "digits":
-        images, labels = load_digits_arrays()
-        rest, test_idx = stratified_split(labels, cfg.test_fraction, seed, "dataset.test_fraction")
-        full, test = ArraySource(images[rest], labels[rest]), ArraySource(images[test_idx], labels[test_idx])
+        digits = ArraySource(*load_digits_arrays())
+        split = hold_out(digits.labels, {"test": cfg.test_fraction}, seed)
+        full, test = digits.subset(split["train"]), digits.subset(split["test"])
     elif name in TORCHVISION_DATASETS:
         full = ArraySource(*load_torchvision(name, cfg.data_dir, cfg.download, train=True))
         test = ArraySource(*load_torchvision(name, cfg.data_dir, cfg.download, train=False))
@@ -178,9 +178,18 @@ def build_splits(cfg, seed: int) -> Splits:
         return load_imagefolder(cfg, seed)
     else:
         raise allowed("dataset.name", name, f"one of digits, imagefolder, {', '.join(TORCHVISION_DATASETS)}")
-    train_idx, val_idx = stratified_split(full.labels, cfg.val_fraction, seed, "dataset.val_fraction")
-    train = full.subset(train_idx)
-    return Splits(train, full.subset(val_idx), test, spec_from_config(cfg, full, train, test))
+    split = hold_out(full.labels, {"val": cfg.val_fraction}, seed)
+    train = full.subset(split["train"])
+    return Splits(train, full.subset(split["val"]), test, spec_from_config(cfg, full, train, test))
+
+
+def shuffle_train_labels(splits: Splits, seed: int) -> Splits:
+    """dataset.shuffle_labels: the training labels permuted at random (Zhang et al. 2017, "Understanding
+    deep learning requires rethinking generalization"): a network can still memorise them, so the
+    overfit check passes, while validation and test, left with their true labels, fall to chance.
+    A permutation keeps each class's count, so only the pairing of image and label is lost."""
+    labels = np.random.default_rng(seed).permutation(splits.train.labels)
+    return Splits(ArraySource(splits.train.images, labels), splits.val, splits.test, splits.spec)
 
 
 def spec_from_config(cfg, full: ArraySource, train: ArraySource, test: ArraySource) -> DataSpec:

@@ -19,14 +19,15 @@ import numpy as np
 from omegaconf import MissingMandatoryValue
 
 from trainkit.data.sources import ArraySource, DataSpec, Splits
-from trainkit.data.split import stratified_split
+from trainkit.data.split import hold_out
 from trainkit.data.stats import cached_channel_stats, stats_key
-from trainkit.errors import UserError, allowed
+from trainkit.config.rules import require, rule_of
+from trainkit.config.schema import ImageFolderConfig
+from trainkit.errors import UserError
 from trainkit.memory import refuse_beyond_memory
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLIT_FOLDERS = ("train", "val", "test")
-RESIZE_CHOICES = ("center_crop", "stretch")
 
 
 def list_class_folder(folder: Path) -> dict[str, list[Path]]:
@@ -209,37 +210,22 @@ def split_files(cfg, root: Path, seed: int) -> tuple[dict[str, tuple[list[Path],
         found = {split: list_class_folder(root / split) for split in SPLIT_FOLDERS if (root / split).is_dir()}
         names = _class_order(cfg, found["train"], split_root)
         parts = {split: _files_and_labels(found[split], names, root / split) for split in found}
-        train_files, train_labels = parts["train"]
-        held = {}
-        if "test" not in parts:
-            kept, test_idx = stratified_split(train_labels, cfg.test_fraction, seed, "dataset.test_fraction")
-            held["test"] = ([train_files[i] for i in test_idx], train_labels[test_idx])
-            train_files, train_labels = [train_files[i] for i in kept], train_labels[kept]
-        if "val" not in parts:
-            kept, val_idx = stratified_split(train_labels, cfg.val_fraction, seed, "dataset.val_fraction")
-            held["val"] = ([train_files[i] for i in val_idx], train_labels[val_idx])
-            train_files, train_labels = [train_files[i] for i in kept], train_labels[kept]
-        parts = {**parts, **held, "train": (train_files, train_labels)}
+        files, labels = parts["train"]  # test (when absent), then val (when absent), from train/
+        missing = {split: cfg[f"{split}_fraction"] for split in ("test", "val") if split not in parts}
     else:
         found = list_class_folder(root)
         names = _class_order(cfg, found, root)
         files, labels = _files_and_labels(found, names, root)
-        rest, test_idx = stratified_split(labels, cfg.test_fraction, seed, "dataset.test_fraction")
-        train_idx, val_idx = stratified_split(labels[rest], cfg.val_fraction, seed, "dataset.val_fraction")
-        train_idx, val_idx = rest[train_idx], rest[val_idx]
-        parts = {split: ([files[i] for i in idx], labels[idx]) for split, idx in
-                 (("train", train_idx), ("val", val_idx), ("test", test_idx))}
-    return parts, names
+        parts, missing = {}, {"test": cfg.test_fraction, "val": cfg.val_fraction}
+    held = hold_out(labels, missing, seed)
+    return {**parts, **{split: ([files[i] for i in idx], labels[idx]) for split, idx in held.items()}}, names
 
 
 def load_imagefolder(cfg, seed: int) -> Splits:
     root = _root(cfg)
-    size, channels = int(cfg.image_size), int(cfg.in_channels)
-    if channels not in (1, 3):
-        raise UserError(f"dataset.in_channels={channels} is not allowed: 1 (grey) or 3 (RGB)")
-    resize = cfg.get("resize", "center_crop")
-    if resize not in RESIZE_CHOICES:
-        raise allowed("dataset.resize", resize, ", ".join(RESIZE_CHOICES))
+    size = int(cfg.image_size)
+    channels = require(rule_of(ImageFolderConfig, "in_channels"), "dataset.in_channels", cfg.in_channels)
+    resize = require(rule_of(ImageFolderConfig, "resize"), "dataset.resize", cfg.get("resize", "center_crop"))
     try:
         parts, names = split_files(cfg, root, seed)
     except PermissionError as e:

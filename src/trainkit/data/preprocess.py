@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainkit.errors import UserError, allowed
+from trainkit.config.rules import require, rule_of
+from trainkit.config.schema import DatasetConfig
+from trainkit.errors import UserError
 
-PREPROCESS_CHOICES = ("standardize", "center", "none", "zca")
 ZCA_MAX_FEATURES = 8192  # a D x D whitening matrix: 8192 features is 256 MiB and a slow eigendecomposition
 
 
@@ -20,8 +21,7 @@ class Preprocess(torch.nn.Module):
 
     def __init__(self, kind: str, mean, std, train_images: np.ndarray | None = None, zca_epsilon: float = 1e-2):
         super().__init__()
-        if kind not in PREPROCESS_CHOICES:
-            raise allowed("dataset.preprocess", kind, ", ".join(PREPROCESS_CHOICES))
+        require(rule_of(DatasetConfig, "preprocess"), "dataset.preprocess", kind)
         self.kind = kind
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -37,6 +37,19 @@ class Preprocess(torch.nn.Module):
             pixel_mean, whitening = fit_zca(train_images, zca_epsilon)
             self.register_buffer("pixel_mean", pixel_mean)
             self.register_buffer("whitening", whitening)
+
+    @classmethod
+    def from_state(cls, kind: str, mean, std, state: dict) -> Preprocess:
+        """The preprocessing a checkpoint saved (its state_dict), without the training images a ZCA fit needs."""
+        if kind != "zca":
+            module = cls(kind, mean, std)
+        else:
+            module = cls("none", mean, std)
+            module.kind = kind
+            module.register_buffer("pixel_mean", torch.empty_like(state["pixel_mean"]))
+            module.register_buffer("whitening", torch.empty_like(state["whitening"]))
+        module.load_state_dict(state)
+        return module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
@@ -63,8 +76,7 @@ def fit_zca(images: np.ndarray, epsilon: float, chunk: int = 2048) -> tuple[torc
     if d > ZCA_MAX_FEATURES:
         raise UserError(f"dataset.preprocess=zca needs a {d}x{d} matrix for {images.shape[1]}x{images.shape[2]}x{images.shape[3]} "
                         f"images (at most {ZCA_MAX_FEATURES} values per image); use standardize or a smaller dataset.image_size")
-    if float(epsilon) <= 0:
-        raise allowed("dataset.zca_epsilon", epsilon, "a number > 0")
+    require(rule_of(DatasetConfig, "zca_epsilon"), "dataset.zca_epsilon", epsilon)
 
     def block(start):
         x = torch.from_numpy(images[start:start + chunk]).permute(0, 3, 1, 2).reshape(-1, d)

@@ -6,7 +6,6 @@ import contextlib
 
 import torch
 
-from trainkit.config.check import device_name
 from trainkit.errors import UserError, allowed
 
 
@@ -19,28 +18,24 @@ def resolve_device(name: str) -> torch.device:
         raise allowed("trainer.device", name, f"this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if name == "mps" and not torch.backends.mps.is_available():
         raise allowed("trainer.device", name, "no Apple MPS device is available here; use auto or cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise allowed("trainer.device", name, device_name.what) from None
+    return torch.device(name)  # the name passed config/schema.py's rule
 
 
 def resolve_precision(precision, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for mixed precision, or None for plain fp32."""
+    """The autocast dtype for mixed precision, or None for plain fp32 (auto on a CPU, or 32).
+    `precision` passed config/schema.py's rule: auto, 32, bf16 or 16."""
     precision = str(precision)
     if precision == "auto":
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "32":
-        return None
     if precision == "bf16" and device.type == "cpu":
         return torch.bfloat16  # CPU autocast: oneDNN's bf16 kernels (AMX, AVX512-BF16) where the CPU has them
     if precision in ("bf16", "16"):
         if device.type != "cuda":
             raise allowed("trainer.precision", precision, "fp16 mixed precision needs a CUDA device; use 32, bf16 or auto")
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    raise allowed("trainer.precision", precision, "auto, 32, bf16 or 16")
+    return None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -72,13 +67,13 @@ def compiler_problem(device: torch.device) -> str | None:
 
 def apply_speed_settings(trainer_cfg, device: torch.device) -> None:
     """Process-wide settings the run asks for: CPU threads and cuDNN's autotuner."""
-    if trainer_cfg.get("threads"):
+    if trainer_cfg.threads:
         torch.set_num_threads(int(trainer_cfg.threads))
-    torch.backends.cudnn.benchmark = bool(trainer_cfg.get("cudnn_benchmark"))  # read by CUDA convolutions only
+    torch.backends.cudnn.benchmark = bool(trainer_cfg.cudnn_benchmark)  # read by CUDA convolutions only
 
 
 def check_compilable(trainer_cfg, device: torch.device) -> None:
-    if trainer_cfg.get("compile"):
+    if trainer_cfg.compile:
         problem = compiler_problem(device)
         if problem:
             raise UserError(f"trainer.compile=true is not allowed here: {problem}; use trainer.compile=false")

@@ -12,6 +12,7 @@ from trainkit import metrics as M
 from trainkit.engine.callbacks.base import CallbackList
 from trainkit.engine.devices import autocast
 from trainkit.components.optimizers import needs_closure
+from trainkit.config.schema import TrainerConfig
 from trainkit.engine.seeding import capture_rng_states, restore_rng_states
 from trainkit.status import Status
 
@@ -30,21 +31,22 @@ class Diverged(Exception):
 
 
 class Trainer:
-    def __init__(self, *, model, optimizer, schedule, criterion, regularizers, data, device, amp_dtype,
-                 callbacks: CallbackList, epochs: int, monitor: str, on_nan: str = "stop", log_every_n_steps: int = 10,
-                 limit_train_batches: int | None = None, limit_val_batches: int | None = None,
-                 limit_test_batches: int | None = None, stop_request=None, config: dict | None = None,
-                 fast_dev_run: bool = False, best=None, accumulate_grad_batches: int = 1):
+    """`settings`: the trainer config (config/schema.py's TrainerConfig), typed."""
+
+    def __init__(self, settings: TrainerConfig, *, model, optimizer, schedule, criterion, regularizers, data, device,
+                 amp_dtype, callbacks: CallbackList, best=None, stop_request=None, config: dict | None = None):
+        self.settings = settings
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.criterion, self.regularizers, self.data = criterion, regularizers, data
         self.device, self.amp_dtype = device, amp_dtype
         self.callbacks = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks)
         self.best = best  # engine.tracking.Best: the best monitored value so far, kept by BestCheckpoint
-        self.epochs, self.monitor, self.on_nan = epochs_to_run(epochs, fast_dev_run), monitor, on_nan
-        self.check_every = max(1, int(log_every_n_steps))
-        self.limit_val_batches, self.limit_test_batches = limit_val_batches, limit_test_batches
-        self.steps_per_epoch = steps_per_epoch(data.train, limit_train_batches)  # batches, not optimizer steps
-        self.accumulate = int(accumulate_grad_batches)  # batches whose gradients make one optimizer step
+        self.epochs = epochs_to_run(settings.epochs, settings.fast_dev_run)
+        self.monitor, self.on_nan = settings.monitor, settings.on_nan
+        self.check_every = max(1, int(settings.log_every_n_steps))
+        self.limit_val_batches, self.limit_test_batches = settings.limit_val_batches, settings.limit_test_batches
+        self.steps_per_epoch = steps_per_epoch(data.train, settings.limit_train_batches)  # batches, not optimizer steps
+        self.accumulate = settings.accumulate_grad_batches  # batches whose gradients make one optimizer step
         self.stop_request, self.config = stop_request, config or {}
         # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainkit.engine.callbacks.base import CallbackList
 from trainkit.metrics import resolve_mode
+from trainkit.run.study import trial_of_this_job
 
 if TYPE_CHECKING:
     from trainkit.engine.tracking import Best
@@ -37,11 +38,49 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
     if cfg.logger.tensorboard.enabled:
         callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
                                            cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))
+    trial = trial_of_this_job(int(cfg.trainer.epochs))
+    if trial is not None:  # a trial of a trainkit_optuna search: it reports every epoch and may be pruned
+        from trainkit.engine.callbacks.pruning import Pruning
+
+        callbacks.append(Pruning(trial, cfg.trainer.monitor, str(HydraConfig.get().sweeper.pruner)))
     callbacks.append(BestCheckpoint(run_dir / "checkpoints", best))
     callbacks.append(LastCheckpoint(run_dir / "checkpoints"))
     callbacks.append(ProgressDisplay(cfg.trainer.progress, cfg.trainer.log_every_n_steps))
+    snapshots = (cfg.get("callbacks") or {}).get("snapshots")
+    if snapshots is not None:
+        from trainkit.engine.callbacks.snapshots import Snapshots, restart_cycle
+
+        callbacks.append(Snapshots(run_dir / "checkpoints", snapshots.every_n_epochs, restart_cycle(cfg.schedule)))
     callbacks.append(record)
+    callbacks += diagnostic_callbacks(cfg, record, tensorboard=next((c for c in callbacks if isinstance(c, TensorBoardLogger)), None))
     return CallbackList(callbacks)
+
+
+def diagnostic_callbacks(cfg: DictConfig, record: RunRecord, tensorboard=None) -> list:
+    """diagnostics.sanity, .monitor and .diagnosis: the start checks, the monitors, the end-of-run diagnosis."""
+    from trainkit.engine.callbacks.diagnosis import Diagnosis
+    from trainkit.engine.callbacks.monitors import Monitors, Thresholds
+    from trainkit.engine.callbacks.sanity import SanityChecks
+    from trainkit.engine.diagnostics.diagnosis import Rules
+
+    d = cfg.diagnostics
+
+    def publish(name: str, value) -> None:
+        record.update(diagnostics={**record.data.get("diagnostics", {}), name: value})
+
+    found, monitors = [], None
+    if d.sanity:
+        weighted = cfg.dataset.get("class_weights") == "auto" or bool(cfg.dataset.get("balanced_sampler"))
+        found.append(SanityChecks(d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted, publish))
+    if d.monitor:
+        thresholds = Thresholds(d.vanishing_ratio, d.exploding_growth, d.dead_fraction, d.update_ratio_low, d.update_ratio_high)
+        monitors = Monitors(cfg.trainer.log_every_n_steps, thresholds, tensorboard, d.histograms, publish)
+        found.append(monitors)
+    if d.diagnosis:
+        rules = Rules(d.overfit_gap, d.underfit_acc, d.spike, d.slow_progress)
+        found.append(Diagnosis(rules, cfg.trainer.log_every_n_steps, cfg.trainer.monitor, monitor_mode(cfg), monitors,
+                               tensorboard, lambda findings: record.update(diagnosis=findings)))
+    return found
 
 
 def monitor_mode(cfg: DictConfig) -> str:

@@ -17,10 +17,17 @@ def refuse_used_run_dir(run_dir: Path) -> None:
                         f"or continue that run with {shlex.quote(f'resume={run_dir}')}")
 
 
-def refuse_used_sweep_dir(sweep_dir: Path) -> None:
-    """A sweep never writes into another sweep's folder: Hydra would rewrite its jobs' records."""
+def refuse_used_sweep_dir(sweep_dir: Path, sweeper=None) -> None:
+    """A sweep never writes into another sweep's folder: Hydra would rewrite its jobs' records. The
+    one exception: a trainkit_optuna search (`sweeper`, the hydra.sweeper node) whose study is in the
+    folder continues it, its new trials in new job folders."""
     if not sweep_dir.is_dir():
         return
+    if sweeper is not None:
+        from trainkit.run.study import holds_study
+
+        if holds_study(sweep_dir, sweeper):
+            return
     used = (sweep_dir / "summary.csv").exists() or (sweep_dir / "multirun.yaml").exists() or \
         any((job / ".hydra").is_dir() for job in sweep_dir.iterdir())
     if used:

@@ -40,6 +40,8 @@ class RunRecord(Callback):
     def resume_from(self, previous: dict) -> None:
         self.started -= previous.get("wall_time_s", 0.0)
         self.data["epoch_seconds"] = list(previous.get("epoch_seconds", []))
+        if "diagnostics" in previous:  # the start checks ran when the run began, not again on a resume
+            self.data["diagnostics"] = previous["diagnostics"]
 
     def mark_interrupted(self) -> None:
         """A second Ctrl-C exits at once; the record still says the run did not complete."""

@@ -1,4 +1,5 @@
-"""Find what `resume=` points at: the run folder, its checkpoint and its original overrides."""
+"""Find what `resume=` points at (the run folder, its checkpoint and its original overrides), and
+check that the checkpoint can continue this config (check_resumable)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from omegaconf import DictConfig, OmegaConf
+
+from trainkit.config.targets import current_targets
 from trainkit.errors import UserError
 from trainkit.run.record import RunRecord
 from trainkit.status import Status
@@ -124,3 +128,110 @@ def find_resumable(output_root: Path, config_hash: str) -> Path | None:
                 and checkpoint.is_file() and not is_locked(run_dir):
             candidates.append((checkpoint.stat().st_mtime, run_dir))
     return max(candidates)[1] if candidates else None
+
+
+# What a resumed run must share with the run it continues: anything else changes the training
+# it is meant to continue (and optimizer or schedule state would not fit the new objects).
+SAME_ON_RESUME = ("model", "norm", "activation", "init", "optimizer", "schedule", "regularization", "augmentation",
+                  "dataset.name", "dataset.root", "dataset.val_fraction", "dataset.test_fraction", "dataset.preprocess",
+                  "dataset.class_weights", "dataset.balanced_sampler", "dataset.split_seed", "dataset.resize",
+                  "trainer.batch_size", "trainer.seed",
+                  "trainer.limit_train_batches", "trainer.overfit_batches", "trainer.monitor", "trainer.mode")
+# Schedules planned for the run's whole length: extending trainer.epochs would replan them mid-run.
+LENGTH_PLANNED_SCHEDULES = ("trainkit.components.schedules.cosine", "trainkit.components.schedules.linear", "trainkit.components.schedules.onecycle")
+
+
+def check_resumable(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: bool = True) -> None:
+    """The checkpoint can continue this config: same training setup, something left to train, finite
+    weights that fit the model, and, in place, not older than the run it continues."""
+    refuse_non_finite(payload, checkpoint)
+    old = OmegaConf.create(current_targets(payload.get("config") or {}))  # a checkpoint from before a module moved
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for key in SAME_ON_RESUME:
+        was, now = plain(OmegaConf.select(old, key)), plain(OmegaConf.select(new, key))
+        if was is not None and was != now:
+            where, was_leaf, now_leaf = first_difference(key, was, now)
+            raise UserError(f"{where}={now_leaf!r} is not allowed on resume: the run in {checkpoint} was trained with "
+                            f"{where}={was_leaf!r}, and a resumed run continues the same training; start a new run to change it")
+    refuse_finished(cfg, payload, checkpoint, in_place)
+    old_epochs = OmegaConf.select(old, "trainer.epochs")
+    if old_epochs is not None and old_epochs != cfg.trainer.epochs and cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
+        raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run was planned for {old_epochs} "
+                        f"epochs and its schedule ({cfg.schedule._target_.rsplit('.', 1)[1]}) follows that length; "
+                        "start a new run, or use a schedule without a planned length (e.g. step, plateau) to extend runs")
+    if in_place:
+        refuse_moving_back(payload, checkpoint)
+    check_model_fits(cfg, payload, checkpoint)
+
+
+def refuse_finished(cfg: DictConfig, payload: dict, checkpoint: Path, in_place: bool = True) -> None:
+    """Resuming a run that has nothing left to train would only test it again; a new folder from
+    such a checkpoint would be a "completed" run with no checkpoint in it."""
+    done = int(payload["epoch"])
+    if payload.get("should_stop"):
+        raise UserError(f"resume={checkpoint} is not allowed: that run was stopped early after epoch {done} "
+                        "(regularization.early_stopping); start a new run to train further")
+    if done > cfg.trainer.epochs:
+        raise UserError(f"trainer.epochs={cfg.trainer.epochs} is not allowed on resume: the run in {checkpoint} "
+                        f"has already trained {done} epochs")
+    if done < cfg.trainer.epochs:
+        return
+    if in_place:  # a run killed after its last epoch, before its test, is finished by a resume
+        if (RunRecord.read(checkpoint.parent.parent) or {}).get("status") == Status.COMPLETED:
+            raise UserError(f"resume={checkpoint} is not allowed: that run completed its {done} epochs, so nothing is "
+                            "left to resume (a larger trainer.epochs extends a run whose schedule has no planned length)")
+        return
+    schedule = str(cfg.schedule.get("_target_", "")).rsplit(".", 1)[-1]
+    if cfg.schedule.get("_target_") in LENGTH_PLANNED_SCHEDULES:
+        how = f"its schedule ({schedule}) is planned for that length, so it cannot be extended: start a new run"
+    else:
+        how = f"raise trainer.epochs (e.g. trainer.epochs={done + 10}) to train it further"
+    raise UserError(f"resume={checkpoint} is not allowed: it has trained all {done} epochs (trainer.epochs="
+                    f"{cfg.trainer.epochs}), so a new run from it would have nothing to train; {how}")
+
+
+def refuse_non_finite(payload: dict, checkpoint: Path) -> None:
+    """Weights holding NaN or Inf cannot train on, and would be tested and reported as a result."""
+    import torch
+
+    bad = [k for k, t in payload["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(f"checkpoint {checkpoint}: its weights hold NaN or Inf ({len(bad)} tensors, e.g. "
+                        f"{', '.join(bad[:3])}), so no run can continue from them; resume from an earlier checkpoint "
+                        "(best.pt is never saved from a diverged epoch) or start a new run")
+
+
+def refuse_moving_back(payload: dict, checkpoint: Path) -> None:
+    """A run continued in place never goes back: its last.pt must hold the newest epoch it reached."""
+    reached = (RunRecord.read(checkpoint.parent.parent) or {}).get("epochs_run") or 0
+    if isinstance(reached, int) and reached > int(payload["epoch"]):
+        raise UserError(f"resume={checkpoint} is not allowed: it holds epoch {payload['epoch']} but the run reached epoch "
+                        f"{reached} (metrics.json), so continuing it in place would move the run back; put the run's own "
+                        "last.pt back, or copy this file out of the run folder to start a new run from it")
+
+
+def plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def first_difference(key: str, was, now) -> tuple[str, object, object]:
+    """The first leaf where two config values differ: (its key, old value, new value)."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        for k in [*was, *(k for k in now if k not in was)]:
+            if was.get(k) != now.get(k):
+                return first_difference(f"{key}.{k}", was.get(k), now.get(k))
+    return key, was, now
+
+
+def check_model_fits(cfg: DictConfig, payload: dict, checkpoint: Path) -> None:
+    """Build the configured model and load the checkpoint's weights into it, before any file is written."""
+    from trainkit.engine.checkpoints import load_model_state
+    from trainkit.data.sources import DataSpec
+    from trainkit.components.regularization import Regularizers
+    from trainkit.components.assembly import build_model
+
+    if "data_spec" not in payload:
+        return
+    spec = DataSpec(**payload["data_spec"])
+    dropout = Regularizers(cfg.regularization, num_classes=spec.num_classes).dropout
+    load_model_state(build_model(cfg, spec, dropout), payload["model"], checkpoint)

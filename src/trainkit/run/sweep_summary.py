@@ -24,13 +24,25 @@ FAILED_JOBS: list[str] = []  # read by the CLI to choose the exit code of a swee
 def collect_runs(sweep_dir: Path) -> list[dict]:
     runs = []
     for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
-                          key=lambda p: int(p.name) if p.name.isdigit() else p.name):
+                          key=job_order):
         record = RunRecord.read(job_dir) or {"status": Status.FAILED, "message": "no metrics.json: the job never started"}
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         runs.append({**record, "job": job_dir.name, "dir": str(job_dir), "override_list": list(overrides or []),
                      "overrides": " ".join(overrides or [])})
     return runs
+
+
+def job_order(folder: Path) -> tuple:
+    """Job folders by their number: `10_optimizer=adam` after `9_optimizer=sgd` (hydra.sweep.subdir)."""
+    number = folder.name.split("_", 1)[0]
+    return (0, int(number), folder.name) if number.isdigit() else (1, 0, folder.name)
+
+
+def counts_as_failed(run: dict) -> bool:
+    """A job the sweep's exit code reports: not completed, not pruned (a search's verdict, not a
+    failure), and not an interrupted trial whose point the search ran again."""
+    return run.get("status") not in (Status.COMPLETED, Status.PRUNED) and not run.get("retried")
 
 
 def varying_overrides(runs: list[dict]) -> dict[str, str]:
@@ -40,12 +52,15 @@ def varying_overrides(runs: list[dict]) -> dict[str, str]:
 
 
 def rank(runs: list[dict], mode: str) -> list[dict]:
-    """Completed runs best first by the monitored metric; unfinished ones after them."""
+    """Completed runs best first by the monitored metric; pruned ones next (by their best before
+    they stopped); unfinished ones after them."""
 
     def key(run):
         best = run.get("best")
-        ok = run.get("status") == Status.COMPLETED and best is not None and not math.isnan(best)
-        return (0 if ok else 1, -best if ok and mode == "max" else (best if ok else 0.0))
+        status = run.get("status")
+        ok = status in (Status.COMPLETED, Status.PRUNED) and best is not None and not math.isnan(best)
+        group = 0 if ok and status == Status.COMPLETED else (1 if ok else 2)
+        return (group, -best if ok and mode == "max" else (best if ok else 0.0))
 
     return sorted(runs, key=key)
 
@@ -80,7 +95,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
         # escape: an override like regularization=[l2,dropout] is not rich markup
         table.add_row(*(fmt(row[c]) for c in shown), escape(swept[row["job"]]),
-                      style=None if row["status"] == Status.COMPLETED else "red")
+                      style=None if row["status"] == Status.COMPLETED else ("dim" if row["status"] == Status.PRUNED else "red"))
     console.print(table)
     console.print(f"summary: {sweep_dir / 'summary.csv'}")
     if seeds_vary(runs):
@@ -150,5 +165,5 @@ class SweepSummary(HydraCallback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = write_summary(sweep_dir)
-        FAILED_JOBS.extend(r["job"] for r in rows if r["status"] != Status.COMPLETED)
+        write_summary(sweep_dir)
+        FAILED_JOBS.extend(r["job"] for r in collect_runs(sweep_dir) if counts_as_failed(r))

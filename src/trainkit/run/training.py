@@ -91,66 +91,38 @@ def keep_best_in_new_folder(best: Best, path: Path, payload: dict) -> None:
 def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
                   started: float | None = None) -> tuple[Trainer, RunRecord]:
     """Data, model, optimizer, schedule, loss and callbacks, restored from `resume_payload` if given."""
-    from torch import nn
-
-    from trainkit.components.assembly import build_model
     from trainkit.engine.checkpoints import load_model_state
     from trainkit.config.check import config_hash
-    from trainkit.data.build import build_data
-    from trainkit.engine.devices import apply_speed_settings, check_compilable, resolve_device, resolve_precision
+    from trainkit.config.schema import TrainerConfig, typed
     from trainkit.engine.interrupts import StopRequest
     from trainkit.engine.loop import Trainer, steps_per_epoch
-    from trainkit.components.optimizers import build_optimizer, needs_closure
+    from trainkit.components.optimizers import needs_closure
     from trainkit.console import report
-    from trainkit.components.regularization import Regularizers
     from trainkit.components.schedules import build_schedule
-    from trainkit.engine.seeding import seed_everything
     from trainkit.engine.tracking import Best
 
-    device = resolve_device(cfg.trainer.device)
-    amp_dtype = resolve_precision(cfg.trainer.precision, device)
-    check_compilable(cfg.trainer, device)
-    apply_speed_settings(cfg.trainer, device)
-    seed_everything(int(cfg.trainer.seed))
-
-    data = build_data(cfg, device)
-    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
-    model = build_model(cfg, data.spec, regularizers.dropout).to(device, memory_format=data.memory_format)
-    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening conv, set from the training images
-        model.init_from_data(data.train_sample())
-    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    device, amp_dtype, data, regularizers, model, optimizer, criterion = build_parts(cfg)
     steps = steps_per_epoch(data.train, cfg.trainer.limit_train_batches)
     if needs_closure(optimizer) and steps > 1:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
                       f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
-    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
-    optimizer_steps = -(-steps // accumulate)  # per epoch: the schedule's clock counts optimizer steps
+    optimizer_steps = -(-steps // cfg.trainer.accumulate_grad_batches)  # per epoch: the schedule counts optimizer steps
     schedule = build_schedule(cfg.schedule, optimizer, optimizer_steps, int(cfg.trainer.epochs), monitor_mode(cfg))
-    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
 
     best = Best(cfg.trainer.monitor, monitor_mode(cfg))
     record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started)
     callbacks = build_callbacks(cfg, run_dir, best, record)
     trainer = Trainer(
-        model=model, optimizer=optimizer, schedule=schedule, criterion=criterion, regularizers=regularizers,
-        data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, epochs=int(cfg.trainer.epochs),
-        monitor=cfg.trainer.monitor, on_nan=cfg.trainer.on_nan, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        limit_train_batches=cfg.trainer.limit_train_batches, limit_val_batches=cfg.trainer.limit_val_batches,
-        limit_test_batches=cfg.trainer.limit_test_batches, stop_request=StopRequest(on_force_exit=record.mark_interrupted),
-        config=OmegaConf.to_container(cfg, resolve=True), fast_dev_run=bool(cfg.trainer.get("fast_dev_run")), best=best,
-        accumulate_grad_batches=accumulate,
+        typed(TrainerConfig, cfg.trainer), model=model, optimizer=optimizer, schedule=schedule, criterion=criterion,
+        regularizers=regularizers, data=data, device=device, amp_dtype=amp_dtype, callbacks=callbacks, best=best,
+        stop_request=StopRequest(on_force_exit=record.mark_interrupted), config=OmegaConf.to_container(cfg, resolve=True),
     )
     if resume_payload is not None:
         load_model_state(model, resume_payload["model"], cfg.resume)
         trainer.restore(resume_payload)
         record.resume_from(RunRecord.read(run_dir) or {})
         report(f"resumed from {cfg.resume}: epoch {trainer.epoch}, step {trainer.global_step}")
-    if cfg.trainer.get("compile"):
-        # In place (nn.Module.compile): the state_dict keys stay the plain model's, so checkpoints load
-        # into an uncompiled model; compiling happens at the first forward pass.
-        model.compile(mode=None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode)
 
     report(f"run dir: {run_dir}")
     precision = "fp32" if amp_dtype is None else "autocast " + str(amp_dtype).replace("torch.", "")
@@ -174,19 +146,60 @@ def speed_summary(trainer_cfg, data) -> str:
     import torch
 
     parts = []
-    if trainer_cfg.get("channels_last"):
+    if trainer_cfg.channels_last:
         parts.append("channels_last")
-    if trainer_cfg.get("compile"):
+    if trainer_cfg.compile:
         parts.append(f"torch.compile (mode {trainer_cfg.compile_mode})")
-    if trainer_cfg.get("accumulate_grad_batches", 1) > 1:
+    if trainer_cfg.accumulate_grad_batches > 1:
         parts.append(f"{trainer_cfg.accumulate_grad_batches} batches per optimizer step")
     if torch.backends.cudnn.benchmark:
         parts.append("cudnn.benchmark")
     if getattr(getattr(data.train, "loader", None), "pin_memory", False):
         parts.append("pinned memory")
-    if trainer_cfg.get("threads"):
+    if trainer_cfg.threads:
         parts.append(f"{torch.get_num_threads()} CPU thread(s)")
     return ", ".join(parts)
+
+
+def one_epoch(cfg: DictConfig, **changes):
+    """The run's typed trainer settings for a single epoch (trainkit check, lr-find), with `changes`."""
+    import dataclasses
+
+    from trainkit.config.schema import TrainerConfig, typed
+
+    return dataclasses.replace(typed(TrainerConfig, cfg.trainer), epochs=1, fast_dev_run=False, **changes)
+
+
+def build_parts(cfg: DictConfig):
+    """(device, amp dtype, data, regularizers, model, optimizer, loss) as a run starts them, seeded:
+    also what `trainkit lr-find` and `trainkit check` train with."""
+    from torch import nn
+
+    from trainkit.components.assembly import build_model
+    from trainkit.components.optimizers import build_optimizer
+    from trainkit.components.regularization import Regularizers
+    from trainkit.data.build import build_data
+    from trainkit.engine.devices import apply_speed_settings, check_compilable, resolve_device, resolve_precision
+    from trainkit.engine.seeding import seed_everything
+
+    device = resolve_device(cfg.trainer.device)
+    amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    check_compilable(cfg.trainer, device)
+    apply_speed_settings(cfg.trainer, device)
+    seed_everything(int(cfg.trainer.seed))
+    data = build_data(cfg, device)
+    regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
+    model = build_model(cfg, data.spec, regularizers.dropout).to(device, memory_format=data.memory_format)
+    if hasattr(model, "init_from_data"):  # e.g. airbench's whitening conv, set from the training images
+        model.init_from_data(data.train_sample())
+    if cfg.trainer.compile:
+        # In place (nn.Module.compile): the state_dict keys stay the plain model's, so checkpoints load
+        # into an uncompiled model and a resume loads into this one; compiling happens at the first forward pass.
+        model.compile(mode=None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode)
+    optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization)
+    weights = data.loss_weights.to(device) if data.loss_weights is not None else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=regularizers.label_smoothing)
+    return device, amp_dtype, data, regularizers, model, optimizer, criterion
 
 
 def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord) -> float:
@@ -199,6 +212,8 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
     best = trainer.best
     with trainer.stop_request:  # also through the test: a Ctrl-C there waits for it, a second one exits
         status = trainer.fit()
+        if status == Status.COMPLETED and trainer.callbacks.stop_status is not None:
+            status = trainer.callbacks.stop_status  # pruned: tested and recorded like a completed run
         stopped_early = trainer.callbacks.stop_reason
         summary = {"epochs_run": trainer.epoch, "global_step": trainer.global_step, "final": trainer.last_metrics,
                    "best": best.value, "best_epoch": best.epoch, "skipped_steps": trainer.skipped_steps,
@@ -211,17 +226,21 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRe
         if status == Status.DIVERGED:
             record.update(**summary, status=Status.DIVERGED)
             report(f"[red]diverged[/]: {escape(trainer.message)}. best.pt is left as it was.", error=True)
+            for line in trainer.callbacks.summary:
+                report(escape(line), error=True)
             raise RunEnded(DIVERGED_EXIT_CODE, status)
         if stopped_early:
             report(escape(stopped_early))
         test_metrics = test_best_checkpoint(trainer, run_dir / "checkpoints" / "best.pt", trainer.model)
-    record.update(**summary, status=Status.COMPLETED, test=test_metrics)
+    record.update(**summary, status=status, test=test_metrics)
     trainer.callbacks.on_test_end(trainer, {**test_metrics, f"best/{cfg.trainer.monitor}": best.value if best.value is not None else float("nan")})
     rows = {f"best {cfg.trainer.monitor} (epoch {best.epoch})": best.value, **trainer.last_metrics, **test_metrics,
             "epochs": trainer.epoch, "wall time (s)": record.data["wall_time_s"]}
     if trainer.skipped_steps:
         rows["skipped steps (non-finite loss)"] = trainer.skipped_steps
     report_results(f"results: {run_dir}", rows)
+    for line in trainer.callbacks.summary:
+        report(escape(line))
     if cfg.trainer.get("overfit_batches"):
         verdict = memorisation_verdict(trainer.last_metrics, images=len(trainer.data.splits.train), epochs=trainer.epoch)
         record.update(overfit_check=verdict.as_record())

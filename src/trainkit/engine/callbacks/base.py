@@ -41,6 +41,16 @@ class Callback:
         """One line for the run's summary when this callback stopped the run early, else None."""
         return None
 
+    @property
+    def summary(self) -> list[str]:
+        """Lines for under the run's results table (the end-of-run diagnosis), else none."""
+        return []
+
+    @property
+    def stop_status(self) -> Status | None:
+        """How the run ends when this callback stopped it and that is not 'completed' (a pruned trial)."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -92,6 +102,14 @@ class CallbackList:
     @property
     def stop_reason(self) -> str | None:
         return next((cb.stop_reason for cb in self.callbacks if cb.stop_reason is not None), None)
+
+    @property
+    def summary(self) -> list[str]:
+        return [line for cb in self.callbacks for line in cb.summary]
+
+    @property
+    def stop_status(self) -> Status | None:
+        return next((cb.stop_status for cb in self.callbacks if cb.stop_status is not None), None)
 
     def state_dict(self) -> dict:
         return {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key is not None}

@@ -5,12 +5,11 @@ BestCheckpoint's (engine/tracking.py), so 'improved' means the same thing to bot
 
 from __future__ import annotations
 
-import math
-
 from trainkit import metrics as M
 from trainkit.engine.callbacks.base import Callback
 from trainkit.engine.tracking import improved
-from trainkit.errors import allowed
+from trainkit.config.rules import validated
+from trainkit.config.schema import EarlyStoppingConfig
 
 
 class EarlyStopping(Callback):
@@ -20,15 +19,9 @@ class EarlyStopping(Callback):
     order, state_key = 10, "early_stopping"  # before last.pt, which saves should_stop
 
     def __init__(self, monitor: str = M.VAL_ACC, mode: str = "auto", patience: int = 5, min_delta: float = 0.0):
-        if monitor not in M.MONITORABLE:
-            raise allowed("regularization.early_stopping.monitor", monitor, ", ".join(M.MONITORABLE))
-        if mode not in M.MODES:
-            raise allowed("regularization.early_stopping.mode", mode, "auto, max or min")
+        settings = {"monitor": monitor, "mode": mode, "patience": patience, "min_delta": min_delta}
+        validated(EarlyStoppingConfig, settings, "regularization.early_stopping")  # the rules of config/schema.py
         mode = M.resolve_mode(monitor, mode)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise allowed("regularization.early_stopping.patience", patience, "a whole number of epochs >= 1")
-        if not (isinstance(min_delta, (int, float)) and min_delta >= 0 and not math.isnan(min_delta)):
-            raise allowed("regularization.early_stopping.min_delta", min_delta, "a number >= 0")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, float(min_delta)
         self.best: float | None = None
         self.best_epoch: int | None = None
