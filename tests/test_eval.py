@@ -41,6 +41,18 @@ def runs(tmp_path_factory):
     return root, a, b
 
 
+@pytest.fixture(scope="module")
+def eval_rows(runs):
+    """Run a's test predictions as `trainkit eval` writes them (into a folder of their own, so that no
+    test depends on another having run first, on this xdist worker or another)."""
+    root, run, _ = runs
+    out = root / "eval_of_a"
+    if not (out / "test_predictions.csv").exists():
+        result = tk(root, "eval", str(run), f"out={out}")
+        assert result.returncode == 0, result.stderr
+    return list(csv.DictReader((out / "test_predictions.csv").open()))
+
+
 def folder_hash(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
@@ -120,7 +132,7 @@ def test_calibration_error_by_hand():
 
 # -- trainkit.load_run, predict, export -------------------------------------------------------------
 
-def test_load_run_in_three_lines_and_import_trainkit_stays_cheap(runs):
+def test_load_run_in_three_lines_and_import_trainkit_stays_cheap(runs, eval_rows):
     root, run, _ = runs
     import trainkit
 
@@ -128,14 +140,14 @@ def test_load_run_in_three_lines_and_import_trainkit_stays_cheap(runs):
     assert not loaded.model.training and loaded.class_names == [str(i) for i in range(10)]
     images = test_images(loaded)
     predicted = loaded.model(loaded.preprocess(images[0])).argmax(1)
-    rows = list(csv.DictReader((run / "eval" / "test_predictions.csv").open()))
+    rows = eval_rows
     assert [int(r["predicted"]) for r in rows] == predicted.tolist()
     lazy = subprocess.run([sys.executable, "-c", "import sys, trainkit; print('torch' in sys.modules)"],
                           capture_output=True, text=True, check=True)
     assert lazy.stdout.strip() == "False"
 
 
-def test_predict_agrees_with_eval_on_test_images_written_as_pngs(runs, tmp_path):
+def test_predict_agrees_with_eval_on_test_images_written_as_pngs(runs, eval_rows, tmp_path):
     from PIL import Image
 
     root, run, _ = runs
@@ -149,7 +161,7 @@ def test_predict_agrees_with_eval_on_test_images_written_as_pngs(runs, tmp_path)
     result = tk(root, "predict", str(run), *map(str, paths), "--json", "--top-k", "3")
     assert result.returncode == 0, result.stderr
     predicted = [json.loads(line)["top"] for line in result.stdout.splitlines()]
-    rows = list(csv.DictReader((run / "eval" / "test_predictions.csv").open()))
+    rows = eval_rows
     assert [top[0]["class"] for top in predicted] == [rows[i]["predicted"] for i in range(0, 360, 18)]
     assert all(len(top) == 3 and top[0]["probability"] >= top[1]["probability"] for top in predicted)
     assert all(float(rows[i]["confidence"]) == pytest.approx(top[0]["probability"], abs=1e-5)

@@ -14,22 +14,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from trainkit.cli.one_line_parser import OneLineParser, whole_number_from_1
 from trainkit.errors import UserError
-
-USAGE = """usage: trainkit ensemble <run_dir> <run_dir> ... [--top K] [key=value ...]
-       trainkit ensemble <sweep_dir> [--top K] [key=value ...]
-       trainkit ensemble <run_dir> --snapshots [--top K] [key=value ...]
-
-  --top K        the K best runs of a sweep by their monitored validation metric (with --snapshots:
-                 the last K snapshots)
-  key=value      as for trainkit eval: split=test|val|train, tta=..., top_k=5, name=..., out=...
-"""
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return
     targets, top, snapshots, overrides = parse(argv)
     from trainkit.cli.eval import compose_eval, show, write_outputs
     from trainkit.run.ensemble import evaluate_ensemble, members_of
@@ -44,25 +33,21 @@ def main(argv: list[str]) -> None:
 
 
 def parse(argv: list[str]) -> tuple[list[str], int | None, bool, list[str]]:
-    targets, overrides, top, snapshots = [], [], None, False
-    args = iter(argv)
-    for arg in args:
-        if arg == "--snapshots":
-            snapshots = True
-        elif arg == "--top" or arg.startswith("--top="):
-            value = arg.partition("=")[2] if "=" in arg else next(args, None)
-            if value is None or not value.isdigit() or int(value) < 1:
-                raise UserError(f"--top {value}: not allowed; give a whole number of members >= 1 (--top 3)")
-            top = int(value)
-        elif arg.startswith("-"):
-            raise UserError(f"{arg}: unknown option; trainkit ensemble takes --top K and --snapshots (trainkit ensemble --help)")
-        elif "=" in arg and not Path(arg).exists():
-            overrides.append(arg)
-        else:
-            targets.append(arg)
+    parser = OneLineParser(prog="trainkit ensemble", description=(
+        "Average the softmax outputs of several trained models, then argmax: run folders, a sweep folder "
+        "(--top K), or one run's snapshots (--snapshots)."))
+    parser.add_argument("members", nargs="+", metavar="TARGET", help=(
+        "run folders, or a sweep folder; key=value as for trainkit eval: split=test|val|train, tta=..., "
+        "top_k=5, name=..., out=..."))
+    parser.add_argument("--top", type=whole_number_from_1, metavar="K", help=(
+        "the K best runs of a sweep by their monitored validation metric (with --snapshots: the last K snapshots)"))
+    parser.add_argument("--snapshots", action="store_true", help="ensemble the run's snapshots (callbacks=[snapshots])")
+    args = parser.parse_intermixed_args(argv)
+    overrides = [a for a in args.members if "=" in a and not Path(a).exists()]
+    targets = [a for a in args.members if a not in overrides]
     if not targets:
         raise UserError("trainkit ensemble needs run folders, a sweep folder, or one run folder with --snapshots")
-    return targets, top, snapshots, overrides
+    return targets, args.top, args.snapshots, overrides
 
 
 def show_members(result: dict) -> None:

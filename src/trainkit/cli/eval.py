@@ -13,28 +13,27 @@ in the run's TensorBoard.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from trainkit.cli.one_line_parser import OneLineParser
 from trainkit.errors import UserError
-
-USAGE = """usage: trainkit eval <run_dir | checkpoint.pt> [key=value ...]
-
-  split=test|val|train     which images (default test)
-  tta=none|flip|five_crop|ten_crop|multiscale|flip_translate   test-time augmentation (tta.pad=2 ...)
-  dataset=<name>           another dataset with the same image size and classes (dataset.data_dir=...)
-  top_k=5  name=<name>  batch_size=<n>  device=auto|cpu|cuda
-Writes <run>/eval/<name>.json, <name>_confusion.png, <name>_reliability.png, <name>_predictions.csv.
-"""
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return
-    target, overrides = argv[0], argv[1:]
+    parser = OneLineParser(prog="trainkit eval", formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+        "Measure a saved model on a split without training. Writes <run>/eval/<name>.json, <name>_confusion.png,\n"
+        "<name>_reliability.png, <name>_predictions.csv, and scalars in the run's TensorBoard."))
+    parser.add_argument("target", help="a run folder or a checkpoint .pt")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help=(
+        "split=test|val|train; tta=none|flip|five_crop|ten_crop|multiscale|flip_translate (tta.pad=2 ...); "
+        "dataset=<name> (another dataset with the same image size and classes; dataset.data_dir=...); "
+        "top_k=5 name=<name> batch_size=<n> device=auto|cpu|cuda out=<folder>"))
+    args = parser.parse_args(argv)
+    target, overrides = args.target, args.overrides
     cfg = compose_eval(overrides)
     from trainkit.run.evaluation import evaluate
     from trainkit.run.load import load_run

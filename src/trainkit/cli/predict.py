@@ -9,19 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainkit.cli.one_line_parser import OneLineParser, whole_number_from_1
 from trainkit.errors import UserError
-
-USAGE = """usage: trainkit predict <run_dir | checkpoint.pt> IMAGE... [--top-k K] [--json]
-
-  --top-k K   classes shown per image, most probable first (default 5)
-  --json      one JSON object per image instead of the table
-"""
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, end="")
-        return
     target, images, top_k, as_json = parse(argv)
     from trainkit.run.load import load_run
 
@@ -49,20 +41,12 @@ def main(argv: list[str]) -> None:
 
 
 def parse(argv: list[str]) -> tuple[str, list[str], int, bool]:
-    positional, top_k, as_json = [], 5, False
-    args = iter(argv)
-    for arg in args:
-        if arg in ("--top-k", "-k") or arg.startswith("--top-k="):
-            value = arg.partition("=")[2] if "=" in arg else next(args, None)
-            if value is None or not value.isdigit() or int(value) < 1:
-                raise UserError(f"--top-k {value}: not allowed; give a whole number >= 1")
-            top_k = int(value)
-        elif arg == "--json":
-            as_json = True
-        elif arg.startswith("--"):
-            raise UserError(f"{arg}: unknown option; trainkit predict takes --top-k K and --json")
-        else:
-            positional.append(arg)
-    if len(positional) < 2:
-        raise UserError("trainkit predict needs a run folder (or checkpoint) and at least one image file")
-    return positional[0], positional[1:], top_k, as_json
+    parser = OneLineParser(prog="trainkit predict", description=(
+        "The most probable classes of image files, each read through the run's own preprocessing."))
+    parser.add_argument("target", help="a run folder or a checkpoint .pt")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--top-k", "-k", type=whole_number_from_1, default=5, metavar="K",
+                        help="classes shown per image, most probable first (default 5)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image instead of the table")
+    args = parser.parse_intermixed_args(argv)
+    return args.target, args.images, args.top_k, args.json
