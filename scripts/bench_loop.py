@@ -1,13 +1,21 @@
-"""trainkit against a minimal hand-written PyTorch loop: seconds per epoch and test accuracy.
+"""trainkit against minimal hand-written PyTorch loops: seconds per epoch and test accuracy.
 
-Both train the same small CNN (trainkit's `cnn`: two stages of two conv-BN-ReLU blocks,
-max-pool, global average pool, linear) with Adam (lr 1e-3), a per-step cosine schedule and
-batch size 128 on Fashion-MNIST, holding 10% of the training set out for validation.
+All train the same small CNN (trainkit's `cnn`: two stages of two conv-BN-ReLU blocks, max-pool,
+global average pool, linear) with Adam (lr 1e-3), a per-step cosine schedule and batch size 128 on
+Fashion-MNIST without augmentation, holding 10% of the training set out for validation:
 
-    python scripts/bench_loop.py --data-dir ../shared/data --epochs 3 --repeats 2
+    trainkit      `trainkit train experiment=fashion_mnist_cnn trainer.channels_last=true` (its own timers:
+                  metrics.json epoch_seconds)
+    hand-nchw     the textbook loop on float NCHW tensors
+    hand-cl       the same loop with model and batches in channels_last (NHWC), the fast layout on CPU
 
-Runs alternate (trainkit, hand-written, hand-written, trainkit, ...) so that a slow spell of
-a shared machine does not land on one side only; the ratio is reported per pair and overall.
+    python scripts/bench_loop.py --data-dir ../shared/data --epochs 2 --repeats 3
+
+Every run is a fresh process (`python scripts/bench_loop.py --run NAME`), so no loop inherits another's
+warm caches, and the order alternates (A B C, C B A, ...) so a slow spell of a shared machine does not
+land on one side only. Each epoch is timed train + validation, as trainkit's epoch_seconds are; the
+machine's load average is printed before each run. The ratios at the end are trainkit's mean seconds
+per epoch over each hand-written loop's, per repeat and overall.
 """
 
 from __future__ import annotations
@@ -15,42 +23,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+LOOPS = ("trainkit", "hand-nchw", "hand-cl")
 
 
-def hand_written(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict:
+def hand_written(data_dir: str, epochs: int, batch_size: int, seed: int, channels_last: bool) -> dict:
     """The textbook loop, nothing else: tensors in memory, shuffle, forward, loss, backward, step."""
+    import torch
+    import torch.nn.functional as F
     import torchvision
+    from torch import nn
 
     torch.manual_seed(seed)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     train = torchvision.datasets.FashionMNIST(data_dir, train=True, download=False)
     test = torchvision.datasets.FashionMNIST(data_dir, train=False, download=False)
-    x = train.data.float().div(255).sub(0.2860).div(0.3530).unsqueeze(1)
-    y = train.targets
+
+    def prepare(images):
+        return images.float().div(255).sub(0.2860).div(0.3530).unsqueeze(1).contiguous(memory_format=layout)
+
+    x, y = prepare(train.data), train.targets
+    x_test = prepare(test.data)
     perm = torch.randperm(len(y))
     val_idx, train_idx = perm[: len(y) // 10], perm[len(y) // 10:]
-    x_test = test.data.float().div(255).sub(0.2860).div(0.3530).unsqueeze(1)
 
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
     model = nn.Sequential(*block(1, 32), *block(32, 32), nn.MaxPool2d(2), *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).to(memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     steps = epochs * ((len(train_idx) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    epoch_seconds = []
+
+    def accuracy(images, labels):
+        model.eval()
+        with torch.no_grad():
+            return sum((model(images[i:i + 512]).argmax(1) == labels[i:i + 512]).sum().item()
+                       for i in range(0, len(labels), 512)) / len(labels)
+
+    epoch_seconds, epoch_cpu = [], []
     for _ in range(epochs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         model.train()
         order = train_idx[torch.randperm(len(train_idx))]
         for i in range(0, len(order), batch_size):
@@ -60,58 +81,84 @@ def hand_written(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict
             loss.backward()
             optimizer.step()
             schedule.step()
-        model.eval()
-        with torch.no_grad():
-            val_acc = sum((model(x[val_idx[i:i + 512]]).argmax(1) == y[val_idx[i:i + 512]]).sum().item()
-                          for i in range(0, len(val_idx), 512)) / len(val_idx)
+        val_acc = accuracy(x[val_idx], y[val_idx])
         epoch_seconds.append(time.perf_counter() - start)
-    with torch.no_grad():
-        test_acc = sum((model(x_test[i:i + 512]).argmax(1) == test.targets[i:i + 512]).sum().item()
-                       for i in range(0, len(x_test), 512)) / len(x_test)
-    return {"epoch_seconds": epoch_seconds, "test_acc": test_acc, "val_acc": val_acc}
+        epoch_cpu.append(time.process_time() - cpu)
+    return {"epoch_seconds": epoch_seconds, "epoch_cpu": epoch_cpu, "val_acc": val_acc,
+            "test_acc": accuracy(x_test, test.targets)}
 
 
-def with_trainkit(data_dir: str, epochs: int, batch_size: int, seed: int) -> dict:
+def with_trainkit(data_dir: str, epochs: int, batch_size: int, seed: int, overrides: list[str]) -> dict:
+    """trainkit's own run; its epoch_seconds time train + validation, like the loops above."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "trainkit", "train", "experiment=fashion_mnist_cnn", f"trainer.epochs={epochs}",
                f"trainer.batch_size={batch_size}", f"trainer.seed={seed}", f"dataset.data_dir={os.path.abspath(data_dir)}",
-               "dataset.download=false", "hydra.run.dir=run"]
-        start = time.perf_counter()
+               "dataset.download=false", "trainer.progress=false", "trainer.channels_last=true", "hydra.run.dir=run",
+               *overrides]
         result = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        wall = time.perf_counter() - start
         if result.returncode:
             sys.exit(result.stdout + result.stderr)
         record = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
-    return {"epoch_seconds": record["epoch_seconds"], "test_acc": record["test"]["test/acc"], "wall_s": wall,
+    return {"epoch_seconds": record["epoch_seconds"], "test_acc": record["test"]["test/acc"],
             "val_acc": record["final"]["val/acc"]}
+
+
+def run_in_fresh_process(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--run", name, "--data-dir", args.data_dir, "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--seed", str(args.seed), *(["--"] + args.overrides if args.overrides else [])]
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode:
+        sys.exit(f"{name} failed:\n{result.stdout}{result.stderr}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out.update(process_wall_s=time.perf_counter() - start, load=load,
+               process_cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("TRAINKIT_DATA_DIR", "../shared/data"))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each, alternating")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating the order")
+    parser.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated, from {', '.join(LOOPS)}")
+    parser.add_argument("--run", choices=LOOPS, help=argparse.SUPPRESS)  # one run, in this (fresh) process
+    parser.add_argument("overrides", nargs="*", help="more trainkit overrides (after --)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, device cpu")
-    print(f"{'':14}{'s/epoch (mean)':>16}{'per epoch':>28}{'val acc':>10}{'test acc':>10}")
-    ratios, results = [], {"trainkit": [], "hand-written": []}
+    if args.run:
+        if args.run == "trainkit":
+            result = with_trainkit(args.data_dir, args.epochs, args.batch_size, args.seed, args.overrides)
+        else:
+            result = hand_written(args.data_dir, args.epochs, args.batch_size, args.seed, args.run == "hand-cl")
+        print(json.dumps(result))
+        return
+    import torch
+
+    loops = [name.strip() for name in args.loops.split(",")]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, device cpu; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(f"{'loop':11}{'load':>6}{'s/epoch':>9}   {'per epoch':<16}{'process wall s':>15}{'cpu s':>8}{'val acc':>9}{'test acc':>9}")
+    results: dict[str, list[dict]] = {name: [] for name in loops}
     for repeat in range(args.repeats):
-        order = ("trainkit", "hand-written") if repeat % 2 == 0 else ("hand-written", "trainkit")
-        pair = {}
-        for name in order:
-            run = with_trainkit if name == "trainkit" else hand_written
-            r = pair[name] = run(args.data_dir, args.epochs, args.batch_size, args.seed)
+        for name in loops if repeat % 2 == 0 else loops[::-1]:
+            r = run_in_fresh_process(name, args)
             results[name].append(r)
             per = " ".join(f"{s:.1f}" for s in r["epoch_seconds"])
-            print(f"{name:14}{np.mean(r['epoch_seconds']):>16.2f}{per:>28}{r['val_acc']:>10.4f}{r['test_acc']:>10.4f}", flush=True)
-        ratios.append(np.mean(pair["trainkit"]["epoch_seconds"]) / np.mean(pair["hand-written"]["epoch_seconds"]))
-    mean = {name: np.mean([np.mean(r["epoch_seconds"]) for r in rs]) for name, rs in results.items()}
-    print(f"mean s/epoch: trainkit {mean['trainkit']:.2f}, hand-written {mean['hand-written']:.2f}")
-    print(f"trainkit / hand-written seconds per epoch: {mean['trainkit'] / mean['hand-written']:.2f} "
-          f"(per pair: {', '.join(f'{r:.2f}' for r in ratios)}); trainkit process wall time "
-          f"{np.mean([r['wall_s'] for r in results['trainkit']]):.1f}s")
+            print(f"{name:11}{r['load']:>6.1f}{statistics.mean(r['epoch_seconds']):>9.2f}   {per:<16}"
+                  f"{r['process_wall_s']:>15.1f}{r['process_cpu_s']:>8.1f}{r['val_acc']:>9.4f}{r['test_acc']:>9.4f}", flush=True)
+    mean = {name: statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rs) for name, rs in results.items()}
+    print("mean s/epoch: " + ", ".join(f"{name} {m:.2f}" for name, m in mean.items()))
+    if "trainkit" in results:
+        for other in (n for n in loops if n != "trainkit"):
+            per_repeat = [statistics.mean(t["epoch_seconds"]) / statistics.mean(o["epoch_seconds"])
+                          for t, o in zip(results["trainkit"], results[other])]
+            print(f"trainkit / {other} s/epoch: {mean['trainkit'] / mean[other]:.3f} "
+                  f"(per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)})")
 
 
 if __name__ == "__main__":

@@ -27,17 +27,20 @@ CASES = [
     (["optimizer=adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
     (["-m", "optimizer=sgd,adamm"], f"optimizer=adamm is not allowed: the optimizer options are {OPTIMIZERS}"),
     (["optimizer.lrr=0.1"], "optimizer.lrr=0.1: there is no key 'optimizer.lrr' in the config (did you mean lr?); "
-                            "optimizer takes betas, eps, exclude_bias_and_norm, lr, weight_decay "
+                            "optimizer takes betas, eps, exclude_bias_and_norm, foreach, fused, lr, weight_decay "
                             "(+optimizer.lrr=... adds an argument its _target_ accepts)"),
     (["trainer.epoch=3"], "trainer.epoch=3: there is no key 'trainer.epoch' in the config (did you mean epochs?); trainer "
-                          "takes batch_size, device, devices, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
-                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, precision, progress, seed, sync_bn"),
+                          "takes accumulate_grad_batches, batch_size, channels_last, compile, compile_mode, cudnn_benchmark, device, "
+                          "devices, epochs, eval_batch_size, fast_dev_run, limit_test_batches, limit_train_batches, "
+                          "limit_val_batches, log_every_n_steps, mode, monitor, on_nan, overfit_batches, pin_memory, precision, "
+                          "progress, seed, sync_bn, threads"),
     (["+optimiser=adam"], "optimiser='adam': unknown top-level key (did you mean optimizer?); the config's top level holds "
                           "task_name, resume, dataset, augmentation, model, norm, activation, init, trainer, schedule, "
                           "optimizer, regularization, logger, paths, diagnostics, checkpoint"),
-    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes batch_size, device, devices, epochs, eval_batch_size, "
+    (["+trainer.foo=1"], "trainer.foo=1: unknown key; trainer takes accumulate_grad_batches, batch_size, channels_last, "
+                         "compile, compile_mode, cudnn_benchmark, device, devices, epochs, eval_batch_size, "
                          "fast_dev_run, limit_test_batches, limit_train_batches, limit_val_batches, log_every_n_steps, mode, monitor, "
-                         "on_nan, overfit_batches, precision, progress, seed, sync_bn"),
+                         "on_nan, overfit_batches, pin_memory, precision, progress, seed, sync_bn, threads"),
     (["+optimizer.lrr=3"], "optimizer.lrr=3: unknown key for torch.optim.Adam (did you mean lr?); allowed: amsgrad, betas, "
                            "capturable, decoupled_weight_decay, differentiable, eps, exclude_bias_and_norm, foreach, fused, "
                            "lr, maximize, weight_decay"),
@@ -320,6 +323,22 @@ CASES = [
      "hydra.launcher.n_jobs=0 is not allowed: a whole number >= 1, or -1 (one job per core)"),
     (["trainer.sync_bn=true", "trainer.devices=2"], "trainer.sync_bn=true is not allowed: SyncBatchNorm needs CUDA (torch has "
                                                     "no CPU version); use trainer.sync_bn=false on CPU"),
+    # Speed knobs (issue 14) and optimizer=muon's own arguments.
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is not allowed: a whole number >= 1"),
+    (["trainer.compile_mode=fast"], "trainer.compile_mode='fast' is not allowed: default, reduce-overhead, max-autotune, "
+                                    "max-autotune-no-cudagraphs"),
+    (["trainer.threads=0"], "trainer.threads=0 is not allowed: null or a whole number >= 1"),
+    (["trainer.pin_memory=always"], "trainer.pin_memory='always' is not allowed: auto, true, false"),
+    (["trainer.precision=16"], "trainer.precision='16' is not allowed: fp16 mixed precision needs a CUDA device; use 32, "
+                               "bf16 or auto"),
+    (["optimizer.foreach=true", "optimizer.fused=true"], "optimizer (torch.optim.Adam): `fused` and `foreach` cannot be "
+                                                         "`True` together."),
+    (["optimizer=muon", "optimizer.ns_steps=0"], "optimizer.ns_steps=0 is not allowed: a whole number >= 1"),
+    (["optimizer=muon", "optimizer.adamw_betas=[0.9,1.5]"],
+     "optimizer.adamw_betas=[0.9, 1.5] is not allowed: two numbers in [0, 1): [beta1, beta2], the decay rates of the "
+     "gradient's running mean and square"),
+    (["optimizer=muon", "optimizer.adjust_lr_fn=rms"], "optimizer.adjust_lr_fn='rms' is not allowed: null, original, "
+                                                       "match_rms_adamw, spectral_unclamped"),
 ]
 
 
@@ -423,6 +442,17 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir, args, message):
     assert "Traceback" not in result.stdout
     assert snapshot(workdir) == before  # no run folder, no checkpoint touched
     assert not (workdir / "pwned").exists()
+
+
+def test_compile_without_a_compiler_is_refused_before_the_run(tmp_path):
+    """trainer.compile=true where inductor cannot build kernels (no C++ compiler for the CPU): refused
+    before the run, not minutes in at the first compiled call."""
+    result = run_trainkit("train", "trainer.compile=true", "hydra.run.dir=run", cwd=tmp_path,
+                          env={"CXX": str(tmp_path / "no-such-g++")})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == ("error: trainer.compile=true is not allowed here: torch.compile on the CPU needs a C++ compiler, "
+                             f"and {str(tmp_path / 'no-such-g++')!r} ($CXX, else g++) is not found; use trainer.compile=false\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_command(tmp_path):

@@ -398,8 +398,8 @@ def test_every_optimizer_config_composes_builds_and_steps(compose_train, overrid
 
 def test_catalogue_is_complete():
     expected = {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam", "radam", "lbfgs"}
-    assert set(OPTIMIZERS) == expected | set(WRAPPERS)
-    assert set(BASES) == expected  # every optimizer but the wrappers can be a wrapper's base
+    assert set(OPTIMIZERS) == expected | set(WRAPPERS) | {"muon"}
+    assert set(BASES) == expected  # every optimizer but the wrappers (and muon, two optimizers in one) can be a base
 
 
 def test_closure_is_needed_for_lbfgs_also_when_wrapped(compose_train):

@@ -205,7 +205,8 @@ def test_own_config_folder_adds_an_option_and_resume_keeps_it(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["config"]["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.2,
-                                            "weight_decay": 0.0, "exclude_bias_and_norm": True}
+                                            "weight_decay": 0.0, "exclude_bias_and_norm": True, "foreach": None,
+                                            "fused": None}
     # The run records where its options came from, so extending it needs no --config-dir.
     again = run_trainkit("train", "resume=run", "trainer.epochs=2", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -22,7 +22,11 @@ from torch import nn
 
 from trainkit.errors import UserError
 from trainkit.components.lookahead import Lookahead
+from trainkit.components.muon import MuonWithAdamW
 from trainkit.components.weight_decay import decayed_parameters, split_by_decay
+
+DECOUPLED = (torch.optim.AdamW, MuonWithAdamW)  # optimizers whose weight_decay is decoupled from the gradient
+
 
 @dataclass
 class WeightDecay:
@@ -40,7 +44,7 @@ class WeightDecay:
                     f"on {penalised} weight tensors); the optimizer's own decay is off")
         if not self.rate:
             return f"weight decay: none ({self.source}=0)"
-        form = "decoupled, w <- w - lr * wd * w" if optimizer_class is torch.optim.AdamW else "coupled L2, wd * w added to the gradient"
+        form = "decoupled, w <- w - lr * wd * w" if optimizer_class in DECOUPLED else "coupled L2, wd * w added to the gradient"
         decayed = sum(len(g["params"]) for g in groups if g.get("weight_decay"))
         exempt = sum(len(g["params"]) for g in groups if not g.get("weight_decay"))
         return (f"weight decay: {self.rate:g} ({self.source}; {form}) on {decayed} weight tensors"
@@ -90,7 +94,7 @@ def build_optimizer(optimizer_cfg, model: nn.Module, regularization, lr_scales: 
         groups = [{"params": [p for g in groups for p in g["params"]]}]
     try:
         optimizer = factory(groups)
-    except (ValueError, TypeError) as e:  # torch's own argument checks, e.g. nesterov without momentum
+    except (ValueError, TypeError, RuntimeError) as e:  # torch's own argument checks: nesterov without momentum, fused with foreach
         raise UserError(f"optimizer ({settings.get('_target_')}): {e}") from None
     optimizer.weight_decay_summary = decay.describe(optimizer_class, groups, sum(1 for _ in decayed_parameters(model)))
     frozen = sum(1 for p in model.parameters() if not p.requires_grad)

@@ -139,7 +139,7 @@ def widths(v) -> bool:
 
 @rule("two numbers in [0, 1): [beta1, beta2], the decay rates of the gradient's running mean and square")
 def beta_pair(v) -> bool:
-    return OmegaConf.is_list(v) and len(v) == 2 and all(in_unit_interval_half_open(b) for b in v)
+    return (OmegaConf.is_list(v) or isinstance(v, (list, tuple))) and len(v) == 2 and all(in_unit_interval_half_open(b) for b in v)
 
 
 # The loaders seed each epoch's torch generator with seed * 1_000_003 + epoch (loaders.epoch_generator),

@@ -32,6 +32,7 @@ from trainkit.metrics import MODES, MONITORABLE
 
 yes_or_no = one_of(True, False)
 channels = one_of(1, 3, words="1 (grey) or 3 (RGB)")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 auto_or_whole = rule("auto or a whole number >= 0")(lambda v: v == "auto" or whole(0)(v))
 epochs_or_fraction = rule("a whole number of epochs >= 1, or a fraction of the run in (0, 1)")(
     lambda v: whole(1)(v) or fraction_open(v))
@@ -58,6 +59,14 @@ class TrainerConfig:
     progress: Any = ruled(one_of("auto", True, False))
     devices: int = ruled(whole(1))  # DDP processes; how many this machine has: cli/launch.check_devices
     sync_bn: bool = ruled(yes_or_no)  # needs norm=batch: config/check.check_sync_bn_has_batch_norm
+    # Speed (issue 14): how fast, not what is computed.
+    accumulate_grad_batches: int = ruled(whole(1))
+    channels_last: bool = ruled(yes_or_no)
+    compile: bool = ruled(yes_or_no)
+    compile_mode: str = ruled(one_of(*COMPILE_MODES))
+    cudnn_benchmark: bool = ruled(yes_or_no)
+    pin_memory: Any = ruled(one_of("auto", True, False))
+    threads: Optional[int] = ruled(optional(whole(1)))
 
 
 @dataclass

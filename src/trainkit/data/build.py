@@ -36,14 +36,21 @@ class Data:
     loader_reason: str
     train_pipeline: object
     loss_weights: torch.Tensor | None
+    memory_format: torch.memory_format = torch.contiguous_format  # trainer.channels_last: torch.channels_last
 
     def close(self) -> None:
         for loader in (self.train, self.val, self.test):
             getattr(loader, "close", lambda: None)()
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
-        return self.preprocess(images), labels.to(self.device, non_blocking=True)
+        # non_blocking: from pinned memory (workers loader on CUDA) the copy overlaps the loop's work.
+        images = self.preprocess(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
+        return images, labels.to(self.device, non_blocking=True)
+
+    def train_sample(self, n: int = 5000) -> torch.Tensor:
+        """The first n training images as the model sees them: preprocessed, not augmented."""
+        images = torch.from_numpy(self.splits.train.images[:n]).permute(0, 3, 1, 2)
+        return self.to_device(images, torch.zeros(0, dtype=torch.long))[0]
 
     def sample_train_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n augmented training images (uint8 NCHW, on the CPU) with labels, by the path that trains.
@@ -151,7 +158,7 @@ def build_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Data
         val = DeviceLoader(splits.val, eval_ops, eval_batch, seed, train=False, device=device, **shard)
         test = DeviceLoader(splits.test, eval_ops, eval_batch, seed, train=False, device=device, **shard)
     else:
-        pin = device.type == "cuda"
+        pin = pinned_memory(cfg.trainer.pin_memory, device)
         shard = {"rank": rank, "world": world}
         train = WorkerLoader(splits.train, train_pipeline, batch, seed, train=True,
                              workers=workers, pin_memory=pin, weights=sampler_weights, **shard)
@@ -168,7 +175,13 @@ def build_data(cfg, device: torch.device, rank: int = 0, world: int = 1) -> Data
     preprocess = Preprocess(cfg.dataset.preprocess, spec.mean, spec.std,
                             train_images=splits.train.images if cfg.dataset.preprocess == "zca" else None,
                             zca_epsilon=float(cfg.dataset.get("zca_epsilon", 1e-2))).to(device)
-    return Data(spec, splits, train, val, test, preprocess, device, kind, reason, train_pipeline, loss_weights)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    return Data(spec, splits, train, val, test, preprocess, device, kind, reason, train_pipeline, loss_weights, memory_format)
+
+
+def pinned_memory(setting, device: torch.device) -> bool:
+    """trainer.pin_memory: page-locked batches only help a copy to a GPU (auto and true alike)."""
+    return setting in ("auto", True) and device.type == "cuda"
 
 
 def _loss_weights(setting, weights: torch.Tensor) -> torch.Tensor | None:

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from trainkit.errors import allowed
+from trainkit.errors import UserError, allowed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -29,9 +29,11 @@ def resolve_precision(precision, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and device.type == "cpu":
+        return torch.bfloat16  # CPU autocast: oneDNN's bf16 kernels (AMX, AVX512-BF16) where the CPU has them
     if precision in ("bf16", "16"):
         if device.type != "cuda":
-            raise allowed("trainer.precision", precision, "mixed precision needs a CUDA device; use 32 or auto")
+            raise allowed("trainer.precision", precision, "fp16 mixed precision needs a CUDA device; use 32, bf16 or auto")
         return torch.bfloat16 if precision == "bf16" else torch.float16
     return None
 
@@ -40,3 +42,38 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why torch.compile's default backend (inductor) cannot build kernels for `device` here, or None.
+
+    Checked before the run, because inductor finds out only at the first compiled call, minutes in:
+    on a CPU it compiles C++ with $CXX (g++ when unset), on CUDA it writes triton kernels."""
+    import importlib.util
+    import os
+    import shutil
+
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "torch.compile on CUDA needs triton (pip install triton), which is not installed"
+        return None
+    if device.type == "cpu":
+        compiler = os.environ.get("CXX") or "g++"
+        if shutil.which(compiler) is None:
+            return f"torch.compile on the CPU needs a C++ compiler, and {compiler!r} ($CXX, else g++) is not found"
+        return None
+    return f"torch.compile is not supported here on {device.type}"
+
+
+def apply_speed_settings(trainer_cfg, device: torch.device) -> None:
+    """Process-wide settings the run asks for: CPU threads and cuDNN's autotuner."""
+    if trainer_cfg.threads:
+        torch.set_num_threads(int(trainer_cfg.threads))
+    torch.backends.cudnn.benchmark = bool(trainer_cfg.cudnn_benchmark)  # read by CUDA convolutions only
+
+
+def check_compilable(trainer_cfg, device: torch.device) -> None:
+    if trainer_cfg.compile:
+        problem = compiler_problem(device)
+        if problem:
+            raise UserError(f"trainer.compile=true is not allowed here: {problem}; use trainer.compile=false")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import asdict
 
@@ -48,7 +49,8 @@ class Trainer:
         self.monitor, self.on_nan = settings.monitor, settings.on_nan
         self.check_every = max(1, int(settings.log_every_n_steps))
         self.limit_val_batches, self.limit_test_batches = settings.limit_val_batches, settings.limit_test_batches
-        self.steps_per_epoch = steps_per_epoch(data.train, settings.limit_train_batches)
+        self.steps_per_epoch = steps_per_epoch(data.train, settings.limit_train_batches)  # batches, not optimizer steps
+        self.accumulate = settings.accumulate_grad_batches  # batches whose gradients make one optimizer step
         self.stop_request, self.config = stop_request, config or {}
         # Loss scaling keeps fp16 gradients from underflowing; bf16 and fp32 do not need it.
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -107,12 +109,11 @@ class Trainer:
         if self.batch_in_epoch >= self.steps_per_epoch:  # resumed after the epoch's last step: validation is left
             loss_avg, acc, _, _ = self._epoch_train_metrics()
             return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
-        for images, labels in self.data.train:
-            images, labels = self.data.to_device(images, labels)
-            loss = self.training_step(images, labels)
+        for batches in self.accumulation_windows():
+            loss = self.training_step(batches)
             self.global_step += 1
-            self.batch_in_epoch += 1
-            loss = self._agree(loss, labels.numel())
+            self.batch_in_epoch += len(batches)
+            loss = self._agree(loss, self.last_batch_size)
             self.callbacks.on_step_end(self, loss)
             if self.interrupted or self.batch_in_epoch >= self.steps_per_epoch:
                 break
@@ -124,31 +125,56 @@ class Trainer:
                            "lower optimizer.lr or add regularization=[grad_clip]")
         return {M.TRAIN_LOSS: loss_avg, M.TRAIN_ACC: acc}
 
-    def training_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def accumulation_windows(self):
+        """The epoch's remaining batches, trainer.accumulate_grad_batches at a time (one list per
+        optimizer step; the epoch's last list may be shorter). One batch each by default."""
+        window = []
+        for batch in self.data.train:
+            window.append(batch)
+            if len(window) == self.accumulate or self.batch_in_epoch + len(window) >= self.steps_per_epoch:
+                yield window
+                window = []
+        if window:
+            yield window
+
+    def training_step(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step on the summed gradients of `batches`; returns their mean loss.
+
+        Each batch's loss is weighted by its share of the samples, so k batches of b give the
+        gradient of one batch of k x b (BatchNorm statistics aside: they are per batch)."""
         self.step_lr = float(self.optimizer.param_groups[0]["lr"])  # before the schedule moves it on
-        images, targets = self.regularizers.mix(images, labels)
         if self.uses_closure:
-            return self.closure_step(images, targets, labels)
-        with autocast(self.device, self.amp_dtype):
-            logits = self.network(images)
-            loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
-        # A host sync per step, only in this mode; with several processes all skip the step or none
-        # (DDP's backward waits for every rank).
-        if self.on_nan == "skip" and distributed.all_max([float(not torch.isfinite(loss))])[0]:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.step_batch()  # the schedule's clock stays with the step count
-            self.skipped_steps += 1
-            self._skipped_in_epoch += 1
-            return loss.detach()
+            images, labels = self.data.to_device(*batches[0])
+            return self.closure_step(*self.regularizers.mix(images, labels), labels)
+        total = self._samples_in_global_window(batches)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(self._share_of_global_batch(loss, labels)).backward()
+        step_loss = torch.zeros((), device=self.device)
+        for i, (images, labels) in enumerate(batches):
+            images, labels = self.data.to_device(images, labels)
+            images, targets = self.regularizers.mix(images, labels)
+            # DDP averages the gradients over the ranks at the window's last backward only.
+            with self._no_gradient_sync() if i < len(batches) - 1 else contextlib.nullcontext():
+                with autocast(self.device, self.amp_dtype):
+                    logits = self.network(images)
+                    loss = self.criterion(logits, targets) + self.regularizers.penalty(self.model)
+                # A host sync per batch, only in this mode; with several processes all skip the step or none.
+                if self.on_nan == "skip" and distributed.all_max([float(not torch.isfinite(loss))])[0]:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.schedule.step_batch()  # the schedule's clock stays with the step count
+                    self.skipped_steps += 1
+                    self._skipped_in_epoch += 1
+                    return loss.detach()
+                share = len(labels) * distributed.world() / total
+                self.scaler.scale(loss * share if share != 1 else loss).backward()
+            self._accumulate(loss.detach(), logits.detach(), labels)
+            step_loss += loss.detach().float() * (len(labels) / sum(len(y) for _, y in batches))
+        self.last_batch_size = sum(len(y) for _, y in batches)
         self.scaler.unscale_(self.optimizer)
         self.regularizers.clip_gradients(self.model)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.step_batch()
-        self._accumulate(loss.detach(), logits.detach(), labels)
-        return loss.detach()
+        return step_loss
 
     def closure_step(self, images, targets, labels) -> torch.Tensor:
         """L-BFGS evaluates the loss several times per step through a closure."""
@@ -169,14 +195,18 @@ class Trainer:
         self._accumulate(first["loss"], first["logits"], labels)
         return first["loss"]
 
-    def _share_of_global_batch(self, loss: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """With several processes, each rank's mean loss weighted by its share of the global batch: DDP
-        averages the ranks' gradients, which is then exactly the gradient of the global batch's mean loss,
-        also for an uneven last batch."""
-        world = distributed.world()
-        if world == 1:
-            return loss
-        return loss * (labels.numel() * world / self.data.train.batch_total(self.batch_in_epoch))
+    def _samples_in_global_window(self, batches: list) -> int:
+        """The images of this optimizer step over all ranks. Each rank weights a batch's mean loss by
+        local images x world / this; DDP then averages the ranks' gradients, which gives exactly the
+        gradient of the global window's mean loss, also for an uneven last batch."""
+        if distributed.world() == 1:
+            return sum(len(labels) for _, labels in batches)
+        return sum(self.data.train.batch_total(self.batch_in_epoch + i) for i in range(len(batches)))
+
+    def _no_gradient_sync(self):
+        """DDP's no_sync() for the accumulated batches before a window's last; nothing in one process."""
+        no_sync = getattr(self.network, "no_sync", None)
+        return no_sync() if no_sync is not None else contextlib.nullcontext()
 
     def evaluate(self, loader, prefix: str, limit: int | None = None) -> dict:
         return evaluate(self.model, loader, self.data.to_device, self.device, self.amp_dtype, prefix, limit)

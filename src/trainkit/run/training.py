@@ -127,7 +127,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"optimizer=lbfgs takes the whole training set as one fixed batch, and this gives {steps} batches "
                       f"per epoch; use trainer.batch_size >= {len(data.splits.train)} (optimizer=lbfgs sets 100000)")
-    schedule = build_schedule(cfg.schedule, optimizer, steps, int(cfg.trainer.epochs), monitor_mode(cfg))
+    optimizer_steps = -(-steps // cfg.trainer.accumulate_grad_batches)  # per epoch: the schedule counts optimizer steps
+    schedule = build_schedule(cfg.schedule, optimizer, optimizer_steps, int(cfg.trainer.epochs), monitor_mode(cfg))
 
     best = Best(cfg.trainer.monitor, monitor_mode(cfg))
     record = RunRecord(run_dir, cfg.trainer.monitor, monitor_mode(cfg), config_hash(cfg), overrides_of_this_job(), started,
@@ -156,6 +157,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, resume_payload: dict | None,
     for line in summary_lines(chosen_model(cfg), summary):
         report(line)
     report(optimizer.weight_decay_summary)
+    speed = speed_summary(cfg.trainer, data)
+    if speed:
+        report(f"speed: {speed}")
     if cfg.trainer.get("overfit_batches"):
         report(f"overfit check (trainer.overfit_batches={cfg.trainer.overfit_batches}): training and validating on the "
                f"same {len(data.splits.train)} training images every epoch")
@@ -171,6 +175,26 @@ def chosen_model(cfg: DictConfig) -> str:
     from trainkit.run.callbacks import chosen_groups
 
     return str(cfg.model.get("name") or chosen_groups().get("model") or cfg.model.get("_target_", "model"))
+
+
+def speed_summary(trainer_cfg, data) -> str:
+    """The speed settings in effect, for the run's log ('' when all are off)."""
+    import torch
+
+    parts = []
+    if trainer_cfg.channels_last:
+        parts.append("channels_last")
+    if trainer_cfg.compile:
+        parts.append(f"torch.compile (mode {trainer_cfg.compile_mode})")
+    if trainer_cfg.accumulate_grad_batches > 1:
+        parts.append(f"{trainer_cfg.accumulate_grad_batches} batches per optimizer step")
+    if torch.backends.cudnn.benchmark:
+        parts.append("cudnn.benchmark")
+    if getattr(getattr(data.train, "loader", None), "pin_memory", False):
+        parts.append("pinned memory")
+    if trainer_cfg.threads:
+        parts.append(f"{torch.get_num_threads()} CPU thread(s)")
+    return ", ".join(parts)
 
 
 def one_epoch(cfg: DictConfig, **changes):
@@ -197,11 +221,13 @@ def build_parts(cfg: DictConfig, resuming: bool = False):
     from trainkit.console import report
     from trainkit.data.build import build_data
     from trainkit.engine import distributed
-    from trainkit.engine.devices import resolve_device, resolve_precision
+    from trainkit.engine.devices import apply_speed_settings, check_compilable, resolve_device, resolve_precision
     from trainkit.engine.seeding import seed_everything
 
     device = resolve_device(cfg.trainer.device)
     amp_dtype = resolve_precision(cfg.trainer.precision, device)
+    check_compilable(cfg.trainer, device)
+    apply_speed_settings(cfg.trainer, device)
     seed_everything(int(cfg.trainer.seed))
     data = build_data(cfg, device, distributed.rank(), distributed.world())  # this rank's share of each batch
     regularizers = Regularizers(cfg.regularization, num_classes=data.spec.num_classes)
@@ -209,8 +235,14 @@ def build_parts(cfg: DictConfig, resuming: bool = False):
     pretrained = None if resuming else load_pretrained(model, cfg.model)
     if cfg.trainer.sync_bn:
         model = distributed.sync_batch_norm(model)
-    model = model.to(device)
+    model = model.to(device, memory_format=data.memory_format)
+    if pretrained is None and hasattr(model, "init_from_data"):  # e.g. airbench's whitening conv, set from the training images
+        model.init_from_data(data.train_sample())
     finetune = apply_finetune(model, **OmegaConf.to_container(cfg.finetune, resolve=True)) if cfg.get("finetune") else None
+    if cfg.trainer.compile:
+        # In place (nn.Module.compile): the state_dict keys stay the plain model's, so checkpoints load
+        # into an uncompiled model and a resume loads into this one; compiling happens at the first forward pass.
+        model.compile(mode=None if cfg.trainer.compile_mode == "default" else cfg.trainer.compile_mode)
     optimizer = build_optimizer(cfg.optimizer, model, cfg.regularization, finetune.lr_scales if finetune else None)
     for line in (pretrained, finetune.describe() if finetune else None):
         if line:

@@ -106,12 +106,12 @@ class HeldLR:
 
 
 def training_batches(data):
-    """The training batches, epoch after epoch, for as long as the test wants them."""
+    """The training batches as loaded (the training step moves them to the device), epoch after
+    epoch, for as long as the test wants them."""
     epoch = 0
     while True:
         data.train.set_epoch(epoch)
-        for images, labels in data.train:
-            yield data.to_device(images, labels)
+        yield from data.train
         epoch += 1
 
 
@@ -123,8 +123,7 @@ def run_range_test(trainer, start: float, end: float, steps: int, diverge: float
     def train_step(lr: float) -> float:
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr
-        images, labels = next(batches)
         trainer.model.train()
-        return float(trainer.training_step(images, labels))
+        return float(trainer.training_step([next(batches)]))
 
     return range_test(train_step, exponential_lrs(start, end, steps), diverge, smoothing)
