@@ -22,7 +22,7 @@ from trainkit.data.device_loader import NotBatchable, apply_ops, batched_ops
 from trainkit.errors import UserError
 
 PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "augmentation").glob("*.yaml"))
-BATCHED_PRESETS = {"none", "flip", "flip_crop", "cutout"}
+BATCHED_PRESETS = {"none", "flip", "flip_crop", "cutout", "flip_translate"}
 
 
 def test_all_presets_are_there():
