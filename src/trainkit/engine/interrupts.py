@@ -15,6 +15,7 @@ class StopRequest:
 
     def __init__(self, on_force_exit=lambda: None, stop_file: Path | None = None):
         self._requested: str | None = None
+        self._signalled = False  # a signal came (the stop file alone is not one: Ctrl-C after it still saves)
         self.on_force_exit = on_force_exit
         self._previous = {}
         # A sweep whose jobs run in other processes (joblib, submitit) is stopped by this file: its jobs may
@@ -48,9 +49,10 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.requested:
+        if self._signalled:
             console.print(f"\n{name} again: exiting now, without saving.")
             self.on_force_exit()
             raise SystemExit(128 + signum)
-        self.requested = name
+        self._signalled = True
+        self._requested = self._requested or name
         console.print(f"\n{name}: finishing the current step, then saving last.pt (press Ctrl-C again to exit at once).")
