@@ -147,6 +147,7 @@ class Trainer:
             images, labels = self.data.to_device(*batches[0])
             return self.closure_step(*self.regularizers.mix(images, labels), labels)
         total = self._samples_in_global_window(batches)
+        local = sum(len(labels) for _, labels in batches)  # this process's images in the window
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
         for i, (images, labels) in enumerate(batches):
@@ -167,8 +168,8 @@ class Trainer:
                 share = len(labels) * distributed.world() / total
                 self.scaler.scale(loss * share if share != 1 else loss).backward()
             self._accumulate(loss.detach(), logits.detach(), labels)
-            step_loss += loss.detach().float() * (len(labels) / sum(len(y) for _, y in batches))
-        self.last_batch_size = sum(len(y) for _, y in batches)
+            step_loss += loss.detach().float() * (len(labels) / local)
+        self.last_batch_size = local
         self.scaler.unscale_(self.optimizer)
         self.regularizers.clip_gradients(self.model)
         self.scaler.step(self.optimizer)
