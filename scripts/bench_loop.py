@@ -13,9 +13,10 @@ Fashion-MNIST without augmentation, holding 10% of the training set out for vali
 
 Every run is a fresh process (`python scripts/bench_loop.py --run NAME`), so no loop inherits another's
 warm caches, and the order alternates (A B C, C B A, ...) so a slow spell of a shared machine does not
-land on one side only. Each epoch is timed train + validation, as trainkit's epoch_seconds are; the
-machine's load average is printed before each run. The ratios at the end are trainkit's mean seconds
-per epoch over each hand-written loop's, per repeat and overall.
+land on one side only. Each epoch is timed train + validation, as trainkit's epoch_seconds are, and
+split into its steps, its validation and the rest (trainkit's epoch_phase_seconds); the machine's load
+average is printed before each run. The ratios at the end are trainkit's mean seconds per epoch over
+each hand-written loop's, per repeat and overall, then of the steps and of validation alone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 LOOPS = ("trainkit", "hand-nchw", "hand-cl")
+PHASES = ("train", "val", "rest")  # an epoch's seconds: the steps, validation, the rest (trainkit's metrics.json epoch_phase_seconds)
 
 
 def hand_written(data_dir: str, epochs: int, batch_size: int, seed: int, channels_last: bool) -> dict:
@@ -69,9 +71,9 @@ def hand_written(data_dir: str, epochs: int, batch_size: int, seed: int, channel
             return sum((model(images[i:i + 512]).argmax(1) == labels[i:i + 512]).sum().item()
                        for i in range(0, len(labels), 512)) / len(labels)
 
-    epoch_seconds, epoch_cpu = [], []
+    epoch_seconds, phases = [], []
     for _ in range(epochs):
-        start, cpu = time.perf_counter(), time.process_time()
+        start = time.perf_counter()
         model.train()
         order = train_idx[torch.randperm(len(train_idx))]
         for i in range(0, len(order), batch_size):
@@ -81,10 +83,11 @@ def hand_written(data_dir: str, epochs: int, batch_size: int, seed: int, channel
             loss.backward()
             optimizer.step()
             schedule.step()
+        trained = time.perf_counter()
         val_acc = accuracy(x[val_idx], y[val_idx])
         epoch_seconds.append(time.perf_counter() - start)
-        epoch_cpu.append(time.process_time() - cpu)
-    return {"epoch_seconds": epoch_seconds, "epoch_cpu": epoch_cpu, "val_acc": val_acc,
+        phases.append({"train": trained - start, "val": time.perf_counter() - trained, "rest": 0.0})
+    return {"epoch_seconds": epoch_seconds, "phases": phases, "val_acc": val_acc,
             "test_acc": accuracy(x_test, test.targets)}
 
 
@@ -99,8 +102,8 @@ def with_trainkit(data_dir: str, epochs: int, batch_size: int, seed: int, overri
         if result.returncode:
             sys.exit(result.stdout + result.stderr)
         record = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
-    return {"epoch_seconds": record["epoch_seconds"], "test_acc": record["test"]["test/acc"],
-            "val_acc": record["final"]["val/acc"]}
+    return {"epoch_seconds": record["epoch_seconds"], "phases": record["epoch_phase_seconds"],
+            "test_acc": record["test"]["test/acc"], "val_acc": record["final"]["val/acc"]}
 
 
 def run_in_fresh_process(name: str, args) -> dict:
@@ -142,14 +145,16 @@ def main() -> None:
     loops = [name.strip() for name in args.loops.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, device cpu; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
-    print(f"{'loop':11}{'load':>6}{'s/epoch':>9}   {'per epoch':<16}{'process wall s':>15}{'cpu s':>8}{'val acc':>9}{'test acc':>9}")
+    print(f"{'loop':11}{'load':>6}{'s/epoch':>9}   {'per epoch':<16}{'train+val+rest s':<20}{'process wall s':>15}{'cpu s':>8}"
+          f"{'val acc':>9}{'test acc':>9}")
     results: dict[str, list[dict]] = {name: [] for name in loops}
     for repeat in range(args.repeats):
         for name in loops if repeat % 2 == 0 else loops[::-1]:
             r = run_in_fresh_process(name, args)
             results[name].append(r)
             per = " ".join(f"{s:.1f}" for s in r["epoch_seconds"])
-            print(f"{name:11}{r['load']:>6.1f}{statistics.mean(r['epoch_seconds']):>9.2f}   {per:<16}"
+            split = "+".join(f"{statistics.mean(p[k] for p in r['phases']):.2f}" for k in PHASES)
+            print(f"{name:11}{r['load']:>6.1f}{statistics.mean(r['epoch_seconds']):>9.2f}   {per:<16}{split:<20}"
                   f"{r['process_wall_s']:>15.1f}{r['process_cpu_s']:>8.1f}{r['val_acc']:>9.4f}{r['test_acc']:>9.4f}", flush=True)
     mean = {name: statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rs) for name, rs in results.items()}
     print("mean s/epoch: " + ", ".join(f"{name} {m:.2f}" for name, m in mean.items()))
@@ -158,7 +163,12 @@ def main() -> None:
             per_repeat = [statistics.mean(t["epoch_seconds"]) / statistics.mean(o["epoch_seconds"])
                           for t, o in zip(results["trainkit"], results[other])]
             print(f"trainkit / {other} s/epoch: {mean['trainkit'] / mean[other]:.3f} "
-                  f"(per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)})")
+                  f"(per repeat: {', '.join(f'{r:.3f}' for r in per_repeat)}; median {statistics.median(per_repeat):.3f})")
+            for phase in PHASES[:2]:
+                ours, theirs = (statistics.mean(p[phase] for r in results[n] for p in r["phases"]) for n in ("trainkit", other))
+                print(f"  {phase} s/epoch: trainkit {ours:.2f}, {other} {theirs:.2f}: {ours / theirs:.3f}")
+            rest = statistics.mean(p["rest"] for r in results["trainkit"] for p in r["phases"])
+            print(f"  rest (trainkit's callbacks at the epoch's end: checkpoints, logs, monitors): {rest:.3f} s/epoch")
 
 
 if __name__ == "__main__":

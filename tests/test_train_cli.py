@@ -30,6 +30,12 @@ def test_default_run_reaches_095_test_accuracy(default_run):
     assert record["best"] >= 0.9 and 1 <= record["best_epoch"] <= 10
     assert record["loader"].startswith("device (") and record["device"] == "cpu"  # what fed the loop, and why
     assert len(record["epoch_seconds"]) == 10
+    # Each epoch split into its steps, its validation and the rest, adding up to the epoch's seconds.
+    assert len(record["epoch_phase_seconds"]) == 10
+    for seconds, phases in zip(record["epoch_seconds"], record["epoch_phase_seconds"]):
+        assert phases["train"] > 0 and phases["val"] > 0 and phases["rest"] >= 0
+        assert abs(phases["train"] + phases["val"] + phases["rest"] - seconds) < 0.01
+        assert phases["train"] > phases["val"]  # about 1,300 training images with gradients against about 140 without
     assert str(run_dir) in result.stdout  # the user is told where the run is
     assert "test/acc" in result.stdout  # the results table
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from dataclasses import asdict
 
 import torch
@@ -65,6 +66,7 @@ class Trainer:
         self.message: str | None = None
         self.skipped_steps = 0  # on_nan=skip: steps whose update was dropped
         self._stop_agreed = False  # several processes: a stop every rank knows of (_agree)
+        self.epoch_phases: dict[str, float] = {}  # the last epoch's seconds of training and of validation (RunRecord keeps them)
         self._reset_running()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -75,11 +77,14 @@ class Trainer:
         self.callbacks.on_fit_start(self)
         try:
             while self.epoch < self.epochs and not self.should_stop:
+                started = time.perf_counter()
                 train_metrics = self.train_one_epoch()
                 if self.interrupted and self.batch_in_epoch < self.steps_per_epoch:
                     status = Status.INTERRUPTED  # mid-epoch: last.pt records the step; a full epoch is validated first
                     break
+                trained = time.perf_counter()
                 val_metrics = self.evaluate(self.data.val, "val", self.limit_val_batches)
+                self.epoch_phases = {"train": trained - started, "val": time.perf_counter() - trained}
                 metrics = {**train_metrics, **val_metrics}
                 self.schedule.step_epoch(metrics.get(self.monitor))
                 self.epoch += 1

@@ -25,6 +25,7 @@ class RunRecord(Callback):
             "status": Status.RUNNING, "monitor": monitor, "mode": mode, "best": None, "best_epoch": None,
             "final": {}, "test": {}, "epochs_run": 0, "global_step": 0, "wall_time_s": 0.0,
             "config_hash": config_hash, "overrides": overrides, "message": None, "epoch_seconds": [],
+            "epoch_phase_seconds": [],
         }
         self._epoch_started = time.time()
 
@@ -41,6 +42,7 @@ class RunRecord(Callback):
     def resume_from(self, previous: dict) -> None:
         self.started -= previous.get("wall_time_s", 0.0)
         self.data["epoch_seconds"] = list(previous.get("epoch_seconds", []))
+        self.data["epoch_phase_seconds"] = list(previous.get("epoch_phase_seconds", []))
         if "diagnostics" in previous:  # the start checks ran when the run began, not again on a resume
             self.data["diagnostics"] = previous["diagnostics"]
 
@@ -60,7 +62,13 @@ class RunRecord(Callback):
     def on_epoch_end(self, trainer, metrics: dict) -> None:
         best = trainer.best
         now = time.time()
-        self.data["epoch_seconds"].append(round(now - self._epoch_started, 3))  # train + validation
+        seconds = now - self._epoch_started
+        self.data["epoch_seconds"].append(round(seconds, 3))  # train + validation
+        # Where the epoch's time went: the steps, validation, and the rest (the callbacks' epoch ends:
+        # checkpoints, logs, monitors). The loop's own timers, so a slow epoch can be read without a profiler.
+        train, val = (trainer.epoch_phases.get(k, 0.0) for k in ("train", "val"))
+        self.data["epoch_phase_seconds"].append({"train": round(train, 3), "val": round(val, 3),
+                                                 "rest": round(max(0.0, seconds - train - val), 3)})
         self._epoch_started = now
         self.update(epochs_run=trainer.epoch, global_step=trainer.global_step, final=dict(metrics),
                     best=getattr(best, "value", None), best_epoch=getattr(best, "epoch", None))
