@@ -120,6 +120,11 @@ CASES = [
     (["dataset.preprocess=whiten"], "dataset.preprocess='whiten' is not allowed: standardize, center, none, zca"),
     (["dataset.loader=gpu"], "dataset.loader='gpu' is not allowed: auto, device, workers"),
     (["norm=group", "norm.num_groups=7"], "norm.num_groups=7 is not allowed: must divide every layer width; 32 is not a multiple"),
+    (["model=airbench", "model.whiten_kernel=0"], "model.whiten_kernel=0 is not allowed: a whole number >= 1"),
+    (["model=airbench", "model.whiten_epsilon=0"], "model.whiten_epsilon=0 is not allowed: a number > 0"),
+    (["model=airbench", "model.logit_scale=-0.1"], "model.logit_scale=-0.1 is not allowed: a number > 0"),
+    (["model=airbench", "model.widths=[64,0]"], "model.widths=[64, 0] is not allowed: a list of whole numbers >= 1 (one width per layer)"),
+    (["model=airbench", "model.whiten_kernel=9"], "model.whiten_kernel=9 is not allowed: a patch size up to the 8x8 images' side"),
     (["model=resnet", "model.depth=21"], "model.depth=21 is not allowed: 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110)"),
     (["dataset=imagefolder"], "dataset=imagefolder needs dataset.root: a folder with train/<class>/ sub-folders "
                               "(and optionally val/ and test/), or with one sub-folder of images per class"),

@@ -56,6 +56,8 @@ class AirbenchNet(nn.Module):
         super().__init__()
         widths = list(widths)
         if stem == "whiten":
+            if whiten_kernel > image_size:
+                raise allowed("model.whiten_kernel", whiten_kernel, f"a patch size up to the {image_size}x{image_size} images' side")
             whiten = nn.Conv2d(in_channels, 2 * in_channels * whiten_kernel**2, whiten_kernel, bias=True)
             whiten.weight.requires_grad_(False)  # set from the data (init_from_data) and kept
             self.stem = nn.Sequential(whiten, activation())

@@ -28,7 +28,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainkit.config.rules import (beta_pair, describe, did_you_mean, in_unit_interval_half_open, non_negative, positive,
-                                   shown, validated, widths)
+                                   shown, validated, whole, widths)
 from trainkit.config.schema import CALLBACKS, REGULARIZATION, ROOT_KEYS, SCHEMAS, schema_of
 from trainkit.errors import UserError, allowed
 from trainkit.metrics import MONITORABLE, natural_mode
@@ -67,10 +67,14 @@ def missing_key(cfg: DictConfig, own_root_keys: tuple[str, ...] = ()) -> str | N
 # arguments in their constructors, which the pre-run check calls.
 TARGET_RULES: dict[str, dict[str, Any]] = {
     "optimizer": {"lr": positive, "momentum": in_unit_interval_half_open, "weight_decay": non_negative, "betas": beta_pair},
-    "model": {"hidden": widths, "channels": widths},
+    "model": {"hidden": widths, "channels": widths, "widths": widths},
 }
 # Rules for a key whose meaning depends on the target: RMSprop's alpha is a decay rate.
-RULES_BY_TARGET: dict[str, dict[str, Any]] = {"torch.optim.RMSprop": {"alpha": in_unit_interval_half_open}}
+RULES_BY_TARGET: dict[str, dict[str, Any]] = {
+    "torch.optim.RMSprop": {"alpha": in_unit_interval_half_open},
+    "trainkit.components.airbench.AirbenchNet": {"whiten_kernel": whole(1), "whiten_samples": whole(1),
+                                                 "whiten_epsilon": positive, "stem_width": whole(1), "logit_scale": positive},
+}
 
 
 def fields_of(path: str) -> list[str]:
