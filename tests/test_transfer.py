@@ -47,6 +47,9 @@ def test_linear_probe_trains_only_the_head_with_no_state_or_decay_for_the_frozen
     assert sorted(len(g["params"]) for g in groups) == [1, 1]
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 5e-4]  # the head's weight decayed, its bias exempt
     assert len(last["optimizer"]["state"]) == 2
+    # ln C is the loss of random weights: from pretrained ones the start check reports the loss, not a warning.
+    initial = json.loads((run / "metrics.json").read_text())["diagnostics"]["initial_loss"]
+    assert initial["ok"] and initial["judged"] is False and f"model.from_run={source}" in initial["message"]
     log = (run / "train.log").read_text()
     assert "finetune: linear_probe, training 1 blocks (classifier)" in log
     assert "12 frozen tensors left out (no optimizer state, no decay)" in log
@@ -149,3 +152,17 @@ def test_a_transferred_run_loads_for_eval_without_its_pretrained_source(source, 
     assert result.returncode == 0, result.stdout + result.stderr
     recorded = json.loads((run / "metrics.json").read_text())["test"]["test/acc"]
     assert json.loads((run / "eval" / "test.json").read_text())["plain"]["acc"] == recorded
+
+
+def test_check_of_a_linear_probe_judges_neither_the_pretrained_loss_nor_memorisation_by_the_head(source):
+    result = run_trainkit("check", f"model.from_run={source}", "finetune=linear_probe", cwd=source.parent, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (folder,) = (source.parent / "outputs" / "check").iterdir()
+    rows = {row["step"]: row for row in json.loads((folder / "check.json").read_text())}
+    initial = rows["initial loss"]
+    assert initial["verdict"] == "-" and initial["figure"].endswith("(pretrained weights: not judged)"), initial
+    assert float(initial["figure"].split()[0]) > 0
+    overfit = rows["overfit a tiny subset"]
+    assert overfit["verdict"] in ("ok", "warning"), overfit  # never FAILED for a frozen body
+    if overfit["verdict"] == "warning":
+        assert "finetune=full" in overfit["todo"]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 OK, WARN, FAIL, INFO = "ok", "warning", "FAILED", "-"
 
@@ -34,6 +34,7 @@ class Row:
 
 def sanity_rows(cfg: DictConfig) -> tuple[list[Row], Row, object]:
     """Steps 1 and 3 on a fresh model, and a Trainer for step 5 (built once: the same seeded start)."""
+    from trainkit.components.pretrained import pretrained_source
     from trainkit.engine.callbacks.sanity import run_checks
     from trainkit.engine.diagnostics import sanity
     from trainkit.engine.diagnostics.lr_range import HeldLR
@@ -45,9 +46,12 @@ def sanity_rows(cfg: DictConfig) -> tuple[list[Row], Row, object]:
                       regularizers=regularizers, data=data, device=device, amp_dtype=amp_dtype, callbacks=[])
     d = cfg.diagnostics
     weighted = cfg.dataset.get("class_weights") == "auto" or bool(cfg.dataset.get("balanced_sampler"))
-    initial, inputs, labels = run_checks(trainer, d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted)
-    rows = [Row("initial loss", f"{initial.figures['loss']:.3f} vs ln({data.spec.num_classes}) = {initial.figures['ln_c']:.3f}",
-                OK if initial.ok else WARN, "" if initial.ok else initial.message.split(": ", 1)[-1]),
+    initial, inputs, labels = run_checks(trainer, d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted,
+                                         pretrained_source(cfg.model))
+    judged = initial.figures.get("judged", True)  # not from pretrained weights: ln C is the loss of random ones
+    rows = [Row("initial loss", f"{initial.figures['loss']:.3f} vs ln({data.spec.num_classes}) = {initial.figures['ln_c']:.3f}"
+                + ("" if judged else " (pretrained weights: not judged)"),
+                (OK if initial.ok else WARN) if judged else INFO, "" if initial.ok else initial.message.split(": ", 1)[-1]),
             Row("inputs", inputs.message if inputs.ok else inputs.message.split(":")[0], OK if inputs.ok else WARN,
                 "" if inputs.ok else inputs.message),
             Row("labels", labels.message.split(", over")[0], OK if labels.ok else WARN, "" if labels.ok else labels.message)]
@@ -104,6 +108,11 @@ def overfit_row(overrides: list[str], sources, folder: Path) -> Row:
               f"train/loss {verdict.get('train/loss', math.nan):.3f}")
     if verdict.get("passed"):
         return Row("overfit a tiny subset", figure, OK)
+    frozen = OmegaConf.select(cfg, "finetune.mode")
+    if frozen in ("linear_probe", "last_n"):
+        return Row("overfit a tiny subset", figure, WARN,
+                   f"finetune={frozen} trains only the blocks near the head, which may not memorise them; "
+                   "check the whole model with finetune=full")
     return Row("overfit a tiny subset", figure, FAIL,
                "cannot memorise them: too little capacity (a bigger model), an LR too low (optimizer.lr), "
                "or a bug in the data or labels")

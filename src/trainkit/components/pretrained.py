@@ -19,6 +19,12 @@ SOURCE_KEYS = OWN_KEYS["model"]
 AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
 
 
+def pretrained_source(model_cfg) -> str | None:
+    """`model.<key>=<value>` for the source of starting weights the config names, else None (random weights)."""
+    given = [(k, model_cfg.get(k)) for k in SOURCE_KEYS if model_cfg.get(k) not in (None, "")]
+    return ", ".join(f"model.{k}={v}" for k, v in given) or None
+
+
 def load_pretrained(model: nn.Module, model_cfg) -> str | None:
     """Load the source `model_cfg` names into `model`; a line for the log, or None without one."""
     given = {k: model_cfg.get(k) for k in SOURCE_KEYS if model_cfg.get(k) not in (None, "")}

@@ -75,6 +75,7 @@ def diagnostic_callbacks(cfg: DictConfig, record: RunRecord, tensorboard=None) -
     """diagnostics.sanity, .monitor and .diagnosis: the start checks, the monitors, the end-of-run diagnosis."""
     from trainkit.engine.callbacks.diagnosis import Diagnosis
     from trainkit.engine.callbacks.monitors import Monitors, Thresholds
+    from trainkit.components.pretrained import pretrained_source
     from trainkit.engine.callbacks.sanity import SanityChecks
     from trainkit.engine.diagnostics.diagnosis import Rules
 
@@ -86,7 +87,8 @@ def diagnostic_callbacks(cfg: DictConfig, record: RunRecord, tensorboard=None) -
     found, monitors = [], None
     if d.sanity:
         weighted = cfg.dataset.get("class_weights") == "auto" or bool(cfg.dataset.get("balanced_sampler"))
-        found.append(SanityChecks(d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted, publish))
+        found.append(SanityChecks(d.sanity_images, d.initial_loss_tolerance, d.class_imbalance, weighted, publish,
+                                  pretrained_source(cfg.model)))
     if d.monitor:
         thresholds = Thresholds(d.vanishing_ratio, d.exploding_growth, d.dead_fraction, d.update_ratio_low, d.update_ratio_high)
         monitors = Monitors(cfg.trainer.log_every_n_steps, thresholds, tensorboard, d.histograms, publish)

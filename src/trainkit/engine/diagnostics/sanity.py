@@ -76,11 +76,17 @@ def training_loss(model, criterion, regularizers, optimizer, images, labels, dev
     return float(loss) + decay
 
 
-def initial_loss_check(loss: float, num_classes: int, tolerance: float) -> Check:
+def initial_loss_check(loss: float, num_classes: int, tolerance: float, pretrained: str | None = None) -> Check:
+    """ln C is the loss of random weights; from `pretrained` weights (the source, e.g. model.from_run=...)
+    the figure is reported, not judged: the body's features already separate the classes."""
     chance = math.log(num_classes)
     figures = {"loss": round(loss, 4), "ln_c": round(chance, 4), "excess": round(loss - chance, 4), "tolerance": tolerance}
     if not math.isfinite(loss):
         return Check("initial_loss", False, figures, f"the data loss at init is {loss}: look for NaN/Inf inputs or a broken init")
+    if pretrained:
+        return Check("initial_loss", True, {**figures, "judged": False},
+                     f"{loss:.3f} vs ln({num_classes}) = {chance:.3f}: not judged, the model starts from pretrained weights "
+                     f"({pretrained}) and ln C is the loss of random ones")
     if abs(loss - chance) <= tolerance:
         return Check("initial_loss", True, figures, f"{loss:.3f} vs ln({num_classes}) = {chance:.3f} (within {tolerance:g})")
     if loss > chance:
