@@ -2,7 +2,8 @@
 
 One 2-process run is stopped by SIGTERM and resumed; one 1-process run of the same length is the reference.
 The model has no norm layer: BatchNorm's statistics are per process by design (trainer.sync_bn needs CUDA),
-and the tiny MLP keeps the runs cheap (their cost is the processes' start, not the training).
+and the tiny MLP keeps the runs cheap (their cost is the processes' start, not the training); a short cnn
+run checks that validation measures rank 0's BatchNorm statistics, the ones its checkpoints hold.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch
 from conftest import read_scalars, trainkit_command
 
 # Global batches of 128 on digits, 2 per epoch, on the workers path with a loader process per rank (torchrun's
-# SIGTERM reaches those too); momentum, so that a resume must restore the optimizer's state to continue exactly.
+# SIGTERM reaches those too); momentum and an EMA of the weights, so that a resume must restore the optimizer's
+# state and the average to continue exactly.
 RUN = ["trainer.batch_size=128", "trainer.limit_train_batches=2", "model=mlp", "norm=none", "schedule=constant",
        "optimizer=momentum", "trainer.log_every_n_steps=1", "trainer.progress=false", "dataset.loader=workers",
-       "dataset.workers=1"]
+       "dataset.workers=1", "regularization=[ema]", "regularization.ema.decay=0.9"]
 STEPS_PER_EPOCH = 2
 PLANNED = 300  # epochs: far more than run before the SIGTERM arrives
 # 2 processes sum their gradients in another order than 1 process: the losses differ by ~4e-7 here. A resume
@@ -96,13 +98,14 @@ def test_two_processes_train_as_one_and_the_resume_continues_exactly(runs):
     """Every step of the interrupted and resumed 2-process run is the 1-process run's (the mean loss of each
     global batch); validation and test, reduced over the ranks on the whole split, are the same too."""
     one, two = read_scalars(runs["one"] / "tensorboard"), read_scalars(runs["two"] / "tensorboard")
-    for tag in ("train/loss_step", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "lr"):
+    for tag in ("train/loss_step", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "lr",
+                "val/loss_ema", "val/acc_ema"):
         assert [s for s, _ in two[tag]] == [s for s, _ in one[tag]], tag
         assert max(abs(a - b) for (_, a), (_, b) in zip(two[tag], one[tag])) < TOLERANCE, tag
     assert [s for s, _ in two["train/loss_step"]] == list(range(1, runs["steps"] + 1))
     a, b = (json.loads((runs[k] / "metrics.json").read_text()) for k in ("two", "one"))
     assert (a["status"], a["global_step"]) == (b["status"], b["global_step"]) == ("completed", runs["steps"])
-    assert all(abs(a["test"][k] - b["test"][k]) < TOLERANCE for k in b["test"])
+    assert "test/acc_ema" in b["test"] and all(abs(a["test"][k] - b["test"][k]) < TOLERANCE for k in b["test"])
 
 
 def test_only_rank_0_writes_the_run_folder(runs):
@@ -110,6 +113,24 @@ def test_only_rank_0_writes_the_run_folder(runs):
     assert files_of(runs["two"]) == files_of(runs["one"])
     log = (runs["two"] / "train.log").read_text()
     assert log.count("run dir:") == 2 and log.count("DDP: 2 processes, 64 images each") == 2, log
+
+
+def test_validation_with_batch_norm_measures_the_weights_rank_0_saves(tmp_path):
+    """Each rank updates BatchNorm's running statistics from its own share of the batch; validation takes rank 0's
+    on every rank, so the recorded val/loss is exactly what one process measures on the saved last.pt (before the
+    fix the two differed in the fourth digit: the ranks validated with their own statistics)."""
+    from conftest import run_trainkit
+
+    run = run_trainkit("train", "trainer.devices=2", "trainer.epochs=1", "trainer.limit_train_batches=3",
+                       "trainer.batch_size=64", "regularization=[ema]", "hydra.run.dir=bn", cwd=tmp_path, env=ENV)
+    assert run.returncode == 0, run.stdout + run.stderr
+    record = json.loads((tmp_path / "bn" / "metrics.json").read_text())
+    evaluated = run_trainkit("eval", "bn/checkpoints/last.pt", "split=val", "name=v", cwd=tmp_path, env=ENV)
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    plain = json.loads((tmp_path / "bn" / "eval" / "v.json").read_text())["plain"]
+    assert plain["images"] == 144
+    assert abs(plain["nll"] - record["final"]["val/loss"]) < 1e-6 and plain["acc"] == record["final"]["val/acc"]
+    assert 0 < record["final"]["val/acc_ema"] <= 1 and "test/acc_ema" in record["test"]  # EMA across processes
 
 
 def test_each_rank_takes_its_share_of_every_global_batch(compose_train, one_thread):

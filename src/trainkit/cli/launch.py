@@ -77,10 +77,9 @@ def check_devices(cfg, multirun: bool) -> int:
     if world > 1 and cfg.optimizer.get("_target_") == LBFGS:
         raise allowed("trainer.devices", world, "1 with optimizer=lbfgs: its line search needs the loss of the whole "
                                                 "batch at every evaluation, which one process has")
-    averaging = [name for name in ("ema", "swa") if (cfg.regularization or {}).get(name) is not None]
-    if world > 1 and averaging:  # the averaged copy, its validation and SWA's LR are rank 0's alone today
-        raise allowed("trainer.devices", world, f"1 with regularization={averaging[0]}: weight averaging runs in one "
-                                                "process (drop it, or train with trainer.devices=1)")
+    if world > 1 and (cfg.regularization or {}).get("swa") is not None:  # its LR, update_bn and swa.pt are rank 0's alone
+        raise allowed("trainer.devices", world, "1 with regularization=swa: SWA runs in one process (drop it, use "
+                                                "regularization=[ema], or train with trainer.devices=1)")
     if world > 1 and cfg.trainer.batch_size % world:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"a multiple of the {world} processes: it is the global batch, split evenly over them")

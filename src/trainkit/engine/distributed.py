@@ -97,6 +97,18 @@ def from_rank_zero(make):
     return box[0]
 
 
+def share_buffers_of_rank_zero(module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) copied to every rank. During training each rank
+    updates them from its own share of the batch; before an evaluation all ranks take rank 0's, so the
+    figures summed over the ranks are those of the one model rank 0 saves."""
+    if world() == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def wrap(model):
     """DDP around `model` for training: its constructor copies rank 0's weights to every rank, and each
     backward averages the gradients over the ranks. The bare model stays what is evaluated and saved."""

@@ -215,6 +215,7 @@ class Trainer:
         return no_sync() if no_sync is not None else contextlib.nullcontext()
 
     def evaluate(self, loader, prefix: str, limit: int | None = None) -> dict:
+        distributed.share_buffers_of_rank_zero(self.model)  # the statistics rank 0 saves, on every rank
         return evaluate(self.model, loader, self.data.to_device, self.device, self.amp_dtype, prefix, limit)
 
     # -- bookkeeping ----------------------------------------------------------------------------

@@ -36,16 +36,16 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
         from trainkit.engine.callbacks.early_stopping import EarlyStopping
 
         callbacks.append(EarlyStopping(**OmegaConf.to_container(stopping, resolve=True)))
+    averaging = cfg.regularization or {}
+    if averaging.get("ema") is not None:  # on every rank: its validation is collective
+        from trainkit.engine.callbacks.ema import EMA
+
+        callbacks.append(EMA(**OmegaConf.to_container(averaging.ema, resolve=True)))
     if not distributed.is_rank_zero():  # with several processes rank 0 alone writes the run folder and the terminal
         return CallbackList(callbacks)
     if cfg.logger.tensorboard.enabled:
         callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
                                            cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))
-    averaging = cfg.regularization or {}
-    if averaging.get("ema") is not None:
-        from trainkit.engine.callbacks.ema import EMA
-
-        callbacks.append(EMA(**OmegaConf.to_container(averaging.ema, resolve=True)))
     if averaging.get("swa") is not None:
         from trainkit.engine.callbacks.swa import SWA
 

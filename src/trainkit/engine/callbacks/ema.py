@@ -5,12 +5,15 @@ warmup follow timm's ModelEmaV3: decay_t = min(decay, 1 - (1 + t / warmup_gamma)
 (not below min_decay), so early on, when the weights move fast, the average forgets them quickly.
 Every epoch the EMA weights are validated too (val/acc_ema, val/loss_ema), and best.pt takes
 whichever weights, raw or EMA, score better; the run's test adds test/acc_ema for the last EMA.
+With several processes (DDP) every rank keeps the average of the same weights and validates its
+share of the split with it (rank 0's BatchNorm statistics); rank 0 saves it.
 """
 
 from __future__ import annotations
 
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trainkit.engine import distributed
 from trainkit.engine.callbacks.base import Callback
 from trainkit.engine.loop import evaluate
 
@@ -51,11 +54,13 @@ class EMA(Callback):
         self.average.update_parameters(trainer.model)
 
     def on_epoch_end(self, trainer, metrics: dict) -> None:
+        distributed.share_buffers_of_rank_zero(self.average.module)
         val = evaluate(self.average.module, trainer.data.val, trainer.data.to_device, trainer.device, trainer.amp_dtype,
                        "val", trainer.limit_val_batches)
         metrics.update({f"{k}_{SUFFIX}": v for k, v in val.items()})
 
     def on_test_end(self, trainer, results: dict) -> None:
+        distributed.share_buffers_of_rank_zero(self.average.module)
         test = evaluate(self.average.module, trainer.data.test, trainer.data.to_device, trainer.device, trainer.amp_dtype,
                         "test", trainer.limit_test_batches)
         results.update({f"{k}_{SUFFIX}": v for k, v in test.items()})
