@@ -312,9 +312,6 @@ CASES = [
     (["trainer.devices=0"], "trainer.devices=0 is not allowed: a whole number >= 1"),
     (["trainer.devices=2", "optimizer=lbfgs"], "trainer.devices=2 is not allowed: 1 with optimizer=lbfgs: its line "
                                                "search needs the loss of the whole batch at every evaluation, which one process has"),
-    (["trainer.devices=2", "regularization=[swa]"], "trainer.devices=2 is not allowed: 1 with regularization=swa: SWA runs "
-                                                    "in one process (drop it, use regularization=[ema], or train with "
-                                                    "trainer.devices=1)"),
     (["trainer.devices=2", "trainer.batch_size=63"],
      "trainer.batch_size=63 is not allowed: a multiple of the 2 processes: it is the global batch, split evenly over them"),
     (["-m", "trainer.devices=2", "optimizer=sgd,adam"], "trainer.devices=2 is not allowed: 1 with -m: a sweep's jobs are "

@@ -21,11 +21,12 @@ import torch
 from conftest import read_scalars, trainkit_command
 
 # Global batches of 128 on digits, 2 per epoch, on the workers path with a loader process per rank (torchrun's
-# SIGTERM reaches those too); momentum and an EMA of the weights, so that a resume must restore the optimizer's
-# state and the average to continue exactly.
+# SIGTERM reaches those too); momentum, an EMA of the weights and SWA from epoch 2 on, so that a resume must restore
+# the optimizer's state and both averages to continue exactly (swa.start is an epoch, not a fraction: the resume
+# changes trainer.epochs).
 RUN = ["trainer.batch_size=128", "trainer.limit_train_batches=2", "model=mlp", "norm=none", "schedule=constant",
        "optimizer=momentum", "trainer.log_every_n_steps=1", "trainer.progress=false", "dataset.loader=workers",
-       "dataset.workers=1", "regularization=[ema]", "regularization.ema.decay=0.9"]
+       "dataset.workers=1", "regularization=[ema,swa]", "regularization.ema.decay=0.9", "regularization.swa.start=2"]
 STEPS_PER_EPOCH = 2
 PLANNED = 300  # epochs: far more than run before the SIGTERM arrives
 # 2 processes sum their gradients in another order than 1 process: the losses differ by ~4e-7 here. A resume
@@ -99,13 +100,13 @@ def test_two_processes_train_as_one_and_the_resume_continues_exactly(runs):
     global batch); validation and test, reduced over the ranks on the whole split, are the same too."""
     one, two = read_scalars(runs["one"] / "tensorboard"), read_scalars(runs["two"] / "tensorboard")
     for tag in ("train/loss_step", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "lr",
-                "val/loss_ema", "val/acc_ema"):
+                "val/loss_ema", "val/acc_ema", "val/loss_swa", "val/acc_swa"):
         assert [s for s, _ in two[tag]] == [s for s, _ in one[tag]], tag
         assert max(abs(a - b) for (_, a), (_, b) in zip(two[tag], one[tag])) < TOLERANCE, tag
     assert [s for s, _ in two["train/loss_step"]] == list(range(1, runs["steps"] + 1))
     a, b = (json.loads((runs[k] / "metrics.json").read_text()) for k in ("two", "one"))
     assert (a["status"], a["global_step"]) == (b["status"], b["global_step"]) == ("completed", runs["steps"])
-    assert "test/acc_ema" in b["test"] and all(abs(a["test"][k] - b["test"][k]) < TOLERANCE for k in b["test"])
+    assert {"test/acc_ema", "test/acc_swa"} <= set(b["test"]) and all(abs(a["test"][k] - b["test"][k]) < TOLERANCE for k in b["test"])
 
 
 def test_only_rank_0_writes_the_run_folder(runs):
@@ -118,19 +119,24 @@ def test_only_rank_0_writes_the_run_folder(runs):
 def test_validation_with_batch_norm_measures_the_weights_rank_0_saves(tmp_path):
     """Each rank updates BatchNorm's running statistics from its own share of the batch; validation takes rank 0's
     on every rank, so the recorded val/loss is exactly what one process measures on the saved last.pt (before the
-    fix the two differed in the fourth digit: the ranks validated with their own statistics)."""
+    fix the two differed in the fourth digit: the ranks validated with their own statistics). SWA's update_bn runs
+    on each rank's share, and the statistics averaged over the ranks are those swa.pt holds."""
     from conftest import run_trainkit
 
     run = run_trainkit("train", "trainer.devices=2", "trainer.epochs=1", "trainer.limit_train_batches=3",
-                       "trainer.batch_size=64", "regularization=[ema]", "hydra.run.dir=bn", cwd=tmp_path, env=ENV)
+                       "trainer.batch_size=64", "regularization=[ema,swa]", "regularization.swa.start=1",
+                       "hydra.run.dir=bn", cwd=tmp_path, env=ENV)
     assert run.returncode == 0, run.stdout + run.stderr
     record = json.loads((tmp_path / "bn" / "metrics.json").read_text())
-    evaluated = run_trainkit("eval", "bn/checkpoints/last.pt", "split=val", "name=v", cwd=tmp_path, env=ENV)
-    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
-    plain = json.loads((tmp_path / "bn" / "eval" / "v.json").read_text())["plain"]
-    assert plain["images"] == 144
-    assert abs(plain["nll"] - record["final"]["val/loss"]) < 1e-6 and plain["acc"] == record["final"]["val/acc"]
-    assert 0 < record["final"]["val/acc_ema"] <= 1 and "test/acc_ema" in record["test"]  # EMA across processes
+    for checkpoint, suffix in (("last", ""), ("swa", "_swa")):
+        evaluated = run_trainkit("eval", f"bn/checkpoints/{checkpoint}.pt", "split=val", f"name={checkpoint}",
+                                 cwd=tmp_path, env=ENV)
+        assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+        plain = json.loads((tmp_path / "bn" / "eval" / f"{checkpoint}.json").read_text())["plain"]
+        assert plain["images"] == 144
+        assert abs(plain["nll"] - record["final"][f"val/loss{suffix}"]) < 1e-6, checkpoint
+        assert plain["acc"] == record["final"][f"val/acc{suffix}"], checkpoint
+    assert 0 < record["final"]["val/acc_ema"] <= 1 and {"test/acc_ema", "test/acc_swa"} <= set(record["test"])
 
 
 def test_each_rank_takes_its_share_of_every_global_batch(compose_train, one_thread):

@@ -77,9 +77,6 @@ def check_devices(cfg, multirun: bool) -> int:
     if world > 1 and cfg.optimizer.get("_target_") == LBFGS:
         raise allowed("trainer.devices", world, "1 with optimizer=lbfgs: its line search needs the loss of the whole "
                                                 "batch at every evaluation, which one process has")
-    if world > 1 and (cfg.regularization or {}).get("swa") is not None:  # its LR, update_bn and swa.pt are rank 0's alone
-        raise allowed("trainer.devices", world, "1 with regularization=swa: SWA runs in one process (drop it, use "
-                                                "regularization=[ema], or train with trainer.devices=1)")
     if world > 1 and cfg.trainer.batch_size % world:
         raise allowed("trainer.batch_size", cfg.trainer.batch_size,
                       f"a multiple of the {world} processes: it is the global batch, split evenly over them")

@@ -109,6 +109,21 @@ def share_buffers_of_rank_zero(module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
+def average_batch_norm_statistics(module) -> None:
+    """Each BatchNorm layer's running mean and variance averaged over the ranks, each having measured them on
+    its own share of the data (update_bn): the statistics of the whole training set, up to how it was split."""
+    if world() == 1:
+        return
+    import torch.distributed as dist
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for layer in module.modules():
+        if isinstance(layer, _BatchNorm) and layer.running_mean is not None:
+            for statistic in (layer.running_mean, layer.running_var):
+                dist.all_reduce(statistic.data)
+                statistic.data /= world()
+
+
 def wrap(model):
     """DDP around `model` for training: its constructor copies rank 0's weights to every rank, and each
     backward averages the gradients over the ranks. The bare model stays what is evaluated and saved."""

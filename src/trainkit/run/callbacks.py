@@ -37,19 +37,19 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, best: Best, record: RunRecor
 
         callbacks.append(EarlyStopping(**OmegaConf.to_container(stopping, resolve=True)))
     averaging = cfg.regularization or {}
-    if averaging.get("ema") is not None:  # on every rank: its validation is collective
+    if averaging.get("ema") is not None:  # ema and swa on every rank: their validation is collective
         from trainkit.engine.callbacks.ema import EMA
 
         callbacks.append(EMA(**OmegaConf.to_container(averaging.ema, resolve=True)))
+    if averaging.get("swa") is not None:
+        from trainkit.engine.callbacks.swa import SWA
+
+        callbacks.append(SWA(run_dir / "checkpoints", **OmegaConf.to_container(averaging.swa, resolve=True)))
     if not distributed.is_rank_zero():  # with several processes rank 0 alone writes the run folder and the terminal
         return CallbackList(callbacks)
     if cfg.logger.tensorboard.enabled:
         callbacks.append(TensorBoardLogger(run_dir / "tensorboard", cfg.trainer.log_every_n_steps,
                                            cfg.logger.tensorboard.image_grid, flat_hparams(cfg, chosen_groups())))
-    if averaging.get("swa") is not None:
-        from trainkit.engine.callbacks.swa import SWA
-
-        callbacks.append(SWA(run_dir / "checkpoints", **OmegaConf.to_container(averaging.swa, resolve=True)))
     from trainkit.engine.callbacks.metrics_csv import MetricsCsv
 
     callbacks.append(MetricsCsv(run_dir / "metrics.csv"))

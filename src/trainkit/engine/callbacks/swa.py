@@ -5,6 +5,9 @@ From epoch `start` on, the weights at the end of every epoch go into an equal-we
 SWA learning rate. At the last epoch update_bn recomputes the averaged model's BatchNorm
 statistics on the training data, the averaged weights are validated (val/acc_swa) and compete
 for best.pt, and they are saved as checkpoints/swa.pt; the run's test adds test/acc_swa.
+With several processes (DDP) every rank keeps the same average and the same SWA learning rate;
+update_bn runs on each rank's share of the training set and the statistics are averaged over the
+ranks; rank 0 saves swa.pt.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
+from trainkit.engine import distributed
 from trainkit.engine.callbacks.base import Callback
 from trainkit.engine.checkpoints import save_checkpoint
 from trainkit.engine.loop import evaluate
@@ -92,10 +96,13 @@ class SWA(Callback):
         """BN statistics for the averaged weights, then their validation: they compete for best.pt."""
         trainer.data.train.set_epoch(trainer.epoch)
         update_bn((trainer.data.to_device(images, labels)[0] for images, labels in trainer.data.train), self.average.module)
+        distributed.average_batch_norm_statistics(self.average.module)
         val = evaluate(self.average.module, trainer.data.val, trainer.data.to_device, trainer.device, trainer.amp_dtype,
                        "val", trainer.limit_val_batches)
         metrics.update({f"{k}_{SUFFIX}": v for k, v in val.items()})
         trainer.averaged[SUFFIX] = self.average.module
+        if not distributed.is_rank_zero():
+            return
         payload = trainer.checkpoint_payload(metrics)
         payload.update(model=self.average.module.state_dict(), weights=SUFFIX)
         save_checkpoint(self.path, payload)
