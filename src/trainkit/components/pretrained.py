@@ -19,15 +19,19 @@ SOURCE_KEYS = OWN_KEYS["model"]
 AUX_HEADS = ("AuxLogits.", "aux1.", "aux2.")
 
 
+def given_sources(model_cfg) -> dict:
+    """The source keys `model_cfg` sets (none: random weights), with their values."""
+    return {k: model_cfg.get(k) for k in SOURCE_KEYS if model_cfg.get(k) not in (None, "")}
+
+
 def pretrained_source(model_cfg) -> str | None:
     """`model.<key>=<value>` for the source of starting weights the config names, else None (random weights)."""
-    given = [(k, model_cfg.get(k)) for k in SOURCE_KEYS if model_cfg.get(k) not in (None, "")]
-    return ", ".join(f"model.{k}={v}" for k, v in given) or None
+    return ", ".join(f"model.{k}={v}" for k, v in given_sources(model_cfg).items()) or None
 
 
 def load_pretrained(model: nn.Module, model_cfg) -> str | None:
     """Load the source `model_cfg` names into `model`; a line for the log, or None without one."""
-    given = {k: model_cfg.get(k) for k in SOURCE_KEYS if model_cfg.get(k) not in (None, "")}
+    given = given_sources(model_cfg)
     if len(given) > 1:
         raise UserError(f"{' and '.join(f'model.{k}' for k in given)} are all set: give one source of pretrained weights")
     if not given:
